@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Builds (once) and caches the test control plane binaries by version, outside the repository:
+#   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes through a wrapper
+#   module), etcd, kwok, helm and ec2-metadata-mock.
+# Prints the bin directory on stdout's last line; progress goes to stderr.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache=${SPOTRAIN_TESTBIN_CACHE:-$HOME/.cache/spotrain/testbin}
+bin="$cache/bin"
+mkdir -p "$bin"
+export GOFLAGS=-buildvcs=false CGO_ENABLED=0
+
+say() { printf '[testbin %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# A binary is cached as NAME-VERSION; NAME is a symlink to the version in use.
+have() { [ -x "$bin/$1-$2" ]; }
+link() { ln -sfn "$1-$2" "$bin/$1"; }
+
+# Runs a build with a heartbeat, so a 20-minute compile on 2 cores visibly progresses.
+with_progress() {
+  local what=$1; shift
+  local start=$SECONDS
+  "$@" &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 30
+    kill -0 "$pid" 2>/dev/null && say "$what: still building ($((SECONDS - start)) s)"
+  done
+  wait "$pid"
+  say "$what: done in $((SECONDS - start)) s"
+}
+
+build_kubernetes() {
+  local names=(kube-apiserver kube-controller-manager kube-scheduler kubectl) missing=0 n
+  for n in "${names[@]}"; do have "$n" "$K8S_VERSION" || missing=1; done
+  if [ "$missing" = 1 ]; then
+    local staging_version="v0${K8S_VERSION#v1}"
+    local work="$cache/src/kubernetes-$K8S_VERSION"
+    mkdir -p "$work"
+    say "kubernetes $K8S_VERSION: preparing wrapper module (staging modules at $staging_version)"
+    local modfile
+    modfile=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
+    {
+      echo "module spotrain.dev/testbin/kubernetes"
+      echo
+      grep -E '^go ' "$modfile"
+      echo
+      echo "require k8s.io/kubernetes $K8S_VERSION"
+      echo
+      echo "replace ("
+      grep -E '=> \./staging/src/' "$modfile" | awk -v v="$staging_version" '{print "\t" $1 " => " $1 " " v}'
+      echo ")"
+    } >"$work/go.mod"
+    cat >"$work/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+    (cd "$work" && go mod tidy >&2)
+    local pkg=k8s.io/component-base/version
+    local ldflags="-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+    ldflags="$ldflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
+    say "kubernetes $K8S_VERSION: compiling ${names[*]} (cold: 20-40 min on 2 cores)"
+    local out="$work/out"
+    mkdir -p "$out"
+    with_progress "kubernetes $K8S_VERSION" bash -c "cd '$work' && go build -trimpath -ldflags '$ldflags' -o '$out/' \
+      k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+    for n in "${names[@]}"; do mv "$out/$n" "$bin/$n-$K8S_VERSION"; done
+  fi
+  for n in "${names[@]}"; do link "$n" "$K8S_VERSION"; done
+}
+
+# go install MODULE/CMD@VERSION into the cache under NAME-VERSION.
+install_tool() {
+  local name=$1 pkg=$2 version=$3 ldflags=${4:-}
+  if ! have "$name" "$version"; then
+    say "$name $version: building"
+    local gobin="$cache/src/$name-$version"
+    mkdir -p "$gobin"
+    with_progress "$name $version" env GOBIN="$gobin" go install -trimpath -ldflags "-s -w $ldflags" "$pkg@$version"
+    mv "$gobin/$(basename "$pkg")" "$bin/$name-$version"
+  fi
+  link "$name" "$version"
+}
+
+build_etcd() {
+  # The etcd binary's main package lives in the root module, which go install refuses (replace directives);
+  # go.etcd.io/etcd/server/v3/etcdmain is what that main calls, so a three-line wrapper builds the same server.
+  if ! have etcd "$ETCD_VERSION"; then
+    local work="$cache/src/etcd-$ETCD_VERSION"
+    mkdir -p "$work"
+    cat >"$work/go.mod" <<MOD
+module spotrain.dev/testbin/etcd
+
+go 1.24
+
+require go.etcd.io/etcd/server/v3 $ETCD_VERSION
+MOD
+    cat >"$work/main.go" <<'GO'
+// The etcd server, as its own main package: etcdmain is what the etcd binary runs.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+    (cd "$work" && go mod tidy >&2)
+    say "etcd $ETCD_VERSION: compiling"
+    with_progress "etcd $ETCD_VERSION" bash -c "cd '$work' && go build -trimpath -ldflags '-s -w' -o '$bin/etcd-$ETCD_VERSION' ."
+  fi
+  link etcd "$ETCD_VERSION"
+}
+
+case "${1:-all}" in
+  all)
+    build_etcd
+    install_tool kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+    install_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    install_tool ec2-metadata-mock github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock "$EC2_METADATA_MOCK_VERSION"
+    build_kubernetes
+    ;;
+  *) echo "usage: $0 [all]" >&2; exit 2 ;;
+esac
+say "all binaries ready in $bin"
+echo "$bin"

@@ -1,0 +1,45 @@
+"""Labels, taints and annotations that clouds, node termination handlers and spotrain put on Kubernetes objects.
+
+The names are facts of external systems (see each source's documentation); keeping them in one module lets
+the operator's detectors and the devcluster's signal simulator agree by construction.
+"""
+
+from __future__ import annotations
+
+# -- node labels -------------------------------------------------------------------------------------------
+ZONE = "topology.kubernetes.io/zone"
+REGION = "topology.kubernetes.io/region"
+INSTANCE_TYPE = "node.kubernetes.io/instance-type"
+HOSTNAME = "kubernetes.io/hostname"
+KARPENTER_CAPACITY_TYPE = "karpenter.sh/capacity-type"  # spot | on-demand | reserved
+KARPENTER_NODEPOOL = "karpenter.sh/nodepool"
+EKS_CAPACITY_TYPE = "eks.amazonaws.com/capacityType"  # SPOT | ON_DEMAND
+EKS_NODEGROUP = "eks.amazonaws.com/nodegroup"
+GKE_SPOT = "cloud.google.com/gke-spot"  # "true"
+GKE_PREEMPTIBLE = "cloud.google.com/gke-preemptible"  # "true"
+GKE_NODEPOOL = "cloud.google.com/gke-nodepool"
+AKS_PRIORITY = "kubernetes.azure.com/scalesetpriority"  # "spot"; also a spot:NoSchedule taint
+AKS_AGENTPOOL = "kubernetes.azure.com/agentpool"
+
+# -- termination signals: taints ------------------------------------------------------------------------
+NTH_SPOT_ITN = "aws-node-termination-handler/spot-itn"
+NTH_REBALANCE = "aws-node-termination-handler/rebalance-recommendation"
+NTH_ASG_LIFECYCLE = "aws-node-termination-handler/asg-lifecycle-termination"
+NTH_SCHEDULED_MAINTENANCE = "aws-node-termination-handler/scheduled-maintenance"
+NTH_ACTION_TIME_LABEL = "aws-node-termination-handler/action-time"
+KARPENTER_DISRUPTED = "karpenter.sh/disrupted"  # v1, NoSchedule
+KARPENTER_DISRUPTION_V1BETA1 = "karpenter.sh/disruption"  # v1beta1, value "disrupting"
+GKE_IMPENDING_TERMINATION = "cloud.google.com/impending-node-termination"
+AKS_REMEDIATOR_UNSCHEDULABLE = "remediator.kubernetes.azure.com/unschedulable"
+CA_TO_BE_DELETED = "ToBeDeletedByClusterAutoscaler"  # value: unix time
+CA_DELETION_CANDIDATE = "DeletionCandidateOfClusterAutoscaler"  # PreferNoSchedule: a hint, not a notice
+NODE_NOT_READY = "node.kubernetes.io/not-ready"
+NODE_UNREACHABLE = "node.kubernetes.io/unreachable"
+
+# -- spotrain's own -------------------------------------------------------------------------------------
+GROUP = "spotrain.dev"
+VERSION = "v1alpha1"
+PLURAL = "spotrainingjobs"
+KIND = "SpotTrainingJob"
+AGENT_INTERRUPTION_TAINT = "spotrain.dev/interruption"  # set by spotrain-agent; value: the source
+AGENT_DEADLINE_ANNOTATION = "spotrain.dev/interruption-deadline"  # RFC 3339
