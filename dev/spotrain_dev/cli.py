@@ -73,7 +73,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     READY.unlink(missing_ok=True)
     with LOG.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "spotrain_dev.cli", "serve", "--topology", args.topology],
+            [sys.executable, "-m", "spotrain_dev.cli", "--topology", args.topology, "serve"],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

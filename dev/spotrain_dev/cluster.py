@@ -80,13 +80,16 @@ class DevCluster:
             process.stop()
         self.processes.clear()
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        result = subprocess.run(
+    def kubectl_run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [str(testbin.path("kubectl")), f"--kubeconfig={self.kubeconfig}", *args],
             input=input,
             capture_output=True,
             text=True,
         )
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        result = self.kubectl_run(*args, input=input)
         if check and result.returncode != 0:
             raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
         return result.stdout
@@ -253,6 +256,14 @@ class DevCluster:
                 "manageAllNodes": False,
                 "manageNodesWithAnnotationSelector": f"{topology.KWOK_ANNOTATION}=fake",
                 "nodeLeaseDurationSeconds": 40,
+                # A config file turns off KWOK's flag defaults, so these must be spelled out.
+                "nodeLeaseParallelism": 4,
+                "podPlayStageParallelism": 4,
+                "nodePlayStageParallelism": 4,
+                "podsOnNodeSyncParallelism": 2,
+                "enablePodsOnNodeSyncListPager": True,
+                "enablePodsOnNodeSyncStreamWatch": False,
+                "enableDebuggingHandlers": False,
             },
         }
         config_path.write_text(yaml.safe_dump(options) + "---\n" + KWOK_STAGES.read_text())
