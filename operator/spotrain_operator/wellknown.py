@@ -43,3 +43,12 @@ PLURAL = "spotrainingjobs"
 KIND = "SpotTrainingJob"
 AGENT_INTERRUPTION_TAINT = "spotrain.dev/interruption"  # set by spotrain-agent; value: the source
 AGENT_DEADLINE_ANNOTATION = "spotrain.dev/interruption-deadline"  # RFC 3339
+AGENT_EVENT_ANNOTATION = "spotrain.dev/interruption-event"  # the cloud's event id, for acknowledgement
+NODE_DRAINED_ANNOTATION = "spotrain.dev/drained"  # set by the operator once no worker is left on the node
+
+# -- spotrain's labels on the objects it creates ------------------------------------------------------------
+JOB_LABEL = "spotrain.dev/job"
+ROLE_LABEL = "spotrain.dev/role"  # worker | rendezvous
+POOL_LABEL = "spotrain.dev/pool"
+ROUND_LABEL = "spotrain.dev/round"
+SLOT_LABEL = "spotrain.dev/slot"
