@@ -211,6 +211,9 @@ class DevCluster:
                 # Fast enough that a node which stops heartbeating turns NotReady within a test's patience.
                 "--node-monitor-grace-period=20s",
                 "--node-monitor-period=2s",
+                # Pod IPs are loopback addresses, which Endpoints and EndpointSlices reject; nothing here connects
+                # through Services, so their controllers would only log errors.
+                "--controllers=*,-endpoints-controller,-endpointslice-controller,-endpointslice-mirroring-controller",
                 "--v=0",
             ],
         )

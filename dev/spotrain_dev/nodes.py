@@ -17,10 +17,10 @@ from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from spotrain_operator import wellknown as wk
 
 from spotrain_dev import topology
 from spotrain_dev.topology import Topology
+from spotrain_operator import wellknown as wk
 
 
 def _now() -> datetime.datetime:
@@ -215,7 +215,8 @@ SIGNALS: dict[str, Signal] = {
         Signal("ca-scale-down", "cluster-autoscaler: ToBeDeletedByClusterAutoscaler", _ca_scale_down),
         Signal("spotrain-agent", "spotrain-agent: interruption taint + deadline annotation", _agent),
         Signal("not-ready", "the node stops heartbeating (Ready=Unknown)",
-               lambda sim, node, lead: sim.set_not_ready(node, "NodeStatusUnknown", "Kubelet stopped posting node status.")),
+               lambda sim, node, lead: sim.set_not_ready(node, "NodeStatusUnknown",
+                                                         "Kubelet stopped posting node status.")),
         Signal("delete", "the Node object is deleted", lambda sim, node, lead: sim.remove(node)),
     ]
 }

@@ -52,3 +52,5 @@ ROLE_LABEL = "spotrain.dev/role"  # worker | rendezvous
 POOL_LABEL = "spotrain.dev/pool"
 ROUND_LABEL = "spotrain.dev/round"
 SLOT_LABEL = "spotrain.dev/slot"
+SERIAL_LABEL = "spotrain.dev/serial"
+DELETION_REASON_ANNOTATION = "spotrain.dev/deletion-reason"  # why the operator removed a worker

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from spotrain_dev.cluster import DevCluster
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
@@ -39,7 +40,7 @@ def test_every_example_is_accepted(devcluster: DevCluster, namespace: str, examp
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     def mutate(manifest: dict[str, Any]) -> None:
-        target = manifest
+        target: Any = manifest
         keys = path.split(".")
         for key in keys[:-1]:
             target = target[int(key)] if key.isdigit() else target.setdefault(key, {})

@@ -1,0 +1,118 @@
+"""The few Kubernetes calls the controllers make. Every call tolerates the state it wants already being there
+(409 on create, 404 on delete), so applying a decision twice is harmless."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from spotrain_operator import wellknown as wk
+
+log = logging.getLogger("spotrain.cluster")
+
+
+class Cluster:
+    def __init__(self, api_client: client.ApiClient):
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            job: dict[str, Any] = self.custom.get_namespaced_custom_object(wk.GROUP, wk.VERSION, namespace, wk.PLURAL,
+                                                                           name)
+            return job
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list_job_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{wk.JOB_LABEL}={name}")
+        return [self.core.api_client.sanitize_for_serialization(p) for p in pods.items]
+
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str]:
+        return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        namespace = manifest["metadata"]["namespace"]
+        try:
+            if manifest["kind"] == "Pod":
+                self.core.create_namespaced_pod(namespace, manifest)
+            else:
+                self.core.create_namespaced_service(namespace, manifest)
+            return True
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def evict_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
+        body = client.V1Eviction(
+            metadata=client.V1ObjectMeta(name=name, namespace=namespace),
+            delete_options=client.V1DeleteOptions(grace_period_seconds=grace_seconds),
+        )
+        try:
+            self.core.create_namespaced_pod_eviction(name, namespace, body)
+        except ApiException as e:
+            if e.status == 404:
+                return
+            if e.status == 429:
+                # A PodDisruptionBudget blocks the eviction, but the node goes anyway at the deadline: a
+                # graceful delete still gives the trainer its SIGTERM checkpoint.
+                log.warning("eviction of %s/%s blocked by a PodDisruptionBudget; deleting it", namespace, name)
+                self.delete_pod(namespace, name, grace_seconds)
+                return
+            raise
+
+    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            wk.GROUP, wk.VERSION, namespace, wk.PLURAL, name, {"status": status}
+        )
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                wk.GROUP, wk.VERSION, namespace, wk.PLURAL, name, propagation_policy="Background"
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def annotate_node(self, node: str, annotations: dict[str, str | None]) -> None:
+        try:
+            self.core.patch_node(node, {"metadata": {"annotations": annotations}})
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def post_event(self, job: dict[str, Any], type_: str, reason: str, message: str, reporter: str) -> None:
+        meta = job["metadata"]
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{meta['name']}.", namespace=meta["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=job["apiVersion"], kind=job["kind"], name=meta["name"], namespace=meta["namespace"],
+                uid=meta["uid"], resource_version=meta.get("resourceVersion"),
+            ),
+            type=type_, reason=reason, message=message[:1024],
+            source=client.V1EventSource(component=reporter), reporting_component=reporter,
+            first_timestamp=_now(), last_timestamp=_now(), count=1,
+        )
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as e:
+            log.warning("could not post event %s: %s", reason, e.reason)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)

@@ -1,0 +1,222 @@
+"""kopf handlers for SpotTrainingJobs: read the world, call the core, apply its actions.
+
+Each job has a daemon that reconciles it whenever something relevant changes (its object, its pods, any Node)
+and at least every ``resync`` seconds. Events only wake the daemon; the reconcile itself always reads the job
+and its pods fresh from the API server, so it never acts on a stale view of its own writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from spotrain_operator import metrics
+from spotrain_operator import wellknown as wk
+from spotrain_operator.api import SpecError, parse_spec
+from spotrain_operator.cluster import Cluster
+from spotrain_operator.core import actions as act
+from spotrain_operator.core.model import JobStatus, NodeView, PodView, format_time
+from spotrain_operator.core.pods import CONTROL_PORT, JobRef
+from spotrain_operator.core.reconcile import Decision, Observed, TrainerStatus, decide
+from spotrain_operator.trainer_client import TrainerClient
+
+log = logging.getLogger("spotrain.jobs")
+REPORTER = "spotrain-operator"
+TRAINER_POLL_SECONDS = 30.0
+
+
+@dataclass
+class Runtime:
+    """Connections and wake-ups shared by the handlers; no job state lives here."""
+
+    cluster: Cluster
+    trainers: TrainerClient = field(default_factory=lambda: TrainerClient(CONTROL_PORT))
+    resync_seconds: float = 10.0
+    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    last_trainer_poll: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def wake(self, key: tuple[str, str]) -> None:
+        event = self.wakeups.get(key)
+        if event:
+            event.set()
+
+    def wake_all(self) -> None:
+        for event in self.wakeups.values():
+            event.set()
+
+
+RUNTIME: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    if RUNTIME is None:
+        raise RuntimeError("the operator runtime is not configured")
+    return RUNTIME
+
+
+@kopf.index("nodes")
+def nodes_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
+    return {name: NodeView.from_body(body)}
+
+
+@kopf.on.event("nodes")
+def node_changed(**_: Any) -> None:
+    runtime().wake_all()
+
+
+@kopf.on.event("pods", labels={wk.JOB_LABEL: kopf.PRESENT})
+def pod_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    runtime().wake((namespace or "", labels[wk.JOB_LABEL]))
+
+
+@kopf.on.event(wk.GROUP, wk.VERSION, wk.PLURAL)
+def job_changed(namespace: str | None, name: str, **_: Any) -> None:
+    runtime().wake((namespace or "", name))
+
+
+@kopf.daemon(wk.GROUP, wk.VERSION, wk.PLURAL, cancellation_timeout=10.0)
+async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+    nodes_by_name: kopf.Index[str, NodeView] = kwargs["nodes_by_name"]  # kopf passes indexes by name
+    rt = runtime()
+    namespace = namespace or ""
+    key = (namespace, name)
+    wakeup = rt.wakeups.setdefault(key, asyncio.Event())
+    try:
+        while not stopped:
+            wakeup.clear()
+            try:
+                again = await reconcile(rt, namespace, name, nodes_by_name)
+            except Exception:
+                log.exception("reconcile of %s/%s failed; retrying", namespace, name)
+                again = False
+            if again:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), timeout=rt.resync_seconds)
+    finally:
+        rt.wakeups.pop(key, None)
+        rt.last_trainer_poll.pop(key, None)
+        metrics.forget_job(namespace, name)
+
+
+def _nodes(index: kopf.Index[str, NodeView]) -> dict[str, NodeView]:
+    return {name: next(iter(views)) for name, views in index.items() if views}
+
+
+async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.Index[str, NodeView]) -> bool:
+    """One level-triggered pass. Returns True when the job should be looked at again at once (a drain is
+    waiting on its checkpoint)."""
+    started = time.perf_counter()
+    job = await asyncio.to_thread(rt.cluster.get_job, namespace, name)
+    if job is None or job["metadata"].get("deletionTimestamp"):
+        return False
+    meta = job["metadata"]
+    ref = JobRef(name, namespace, meta["uid"])
+    status = JobStatus.from_body(job.get("status"))
+    try:
+        pricing = None
+        config_map = job["spec"].get("placement", {}).get("pricingConfigMap")
+        if config_map:
+            pricing = await asyncio.to_thread(rt.cluster.read_config_map, namespace, config_map)
+        spec = parse_spec(job["spec"], pricing)
+    except (SpecError, KeyError, ValueError) as e:
+        await _report_invalid(rt, job, str(e))
+        return False
+    pods = [PodView.from_body(p) for p in await asyncio.to_thread(rt.cluster.list_job_pods, namespace, name)]
+    now = datetime.datetime.now(datetime.UTC)
+    trainers = await _probe_trainers(rt, (namespace, name), status, pods)
+    observed = Observed(ref, int(meta.get("generation", 0)), spec, status, pods, _nodes(nodes_index), now, trainers)
+    decision = decide(observed)
+    await apply(rt, job, decision, observed)
+    metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    _export(observed, decision.status)
+    return False
+
+
+async def _probe_trainers(rt: Runtime, key: tuple[str, str], status: JobStatus,
+                          pods: list[PodView]) -> dict[str, TrainerStatus | None]:
+    """Control endpoints are read while a drain waits on its checkpoint, and otherwise now and then for the
+    last checkpoint shown in status."""
+    draining = any(not d.evicted for d in status.drains.values())
+    due = time.monotonic() - rt.last_trainer_poll.get(key, 0.0) >= TRAINER_POLL_SECONDS
+    if not (draining or due):
+        return {}
+    rt.last_trainer_poll[key] = time.monotonic()
+    targets = [(p.name, p.ip) for p in pods if p.role == "worker" and p.active and p.ip and p.phase == "Running"]
+    return await rt.trainers.statuses(targets)
+
+
+async def _report_invalid(rt: Runtime, job: dict[str, Any], message: str) -> None:
+    meta = job["metadata"]
+    conditions = [c for c in (job.get("status") or {}).get("conditions", []) if c.get("type") != "SpecInvalid"]
+    conditions.append({"type": "SpecInvalid", "status": "True", "reason": "InvalidSpec", "message": message,
+                       "lastTransitionTime": format_time(datetime.datetime.now(datetime.UTC)),
+                       "observedGeneration": meta.get("generation", 0)})
+    await asyncio.to_thread(rt.cluster.patch_status, meta["namespace"], meta["name"], {"conditions": conditions})
+    await asyncio.to_thread(rt.cluster.post_event, job, "Warning", "InvalidSpec", message, REPORTER)
+
+
+async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: Observed) -> None:
+    meta = job["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    cluster = rt.cluster
+    # Status first: the pod serials, counted pods and drains it records are what make a repeated or
+    # interrupted apply harmless.
+    conditions = [c for c in decision.status.get("conditions", []) if c.get("type") != "SpecInvalid"]
+    await asyncio.to_thread(cluster.patch_status, namespace, name, {**decision.status, "conditions": conditions})
+    created = removed = 0
+    for action in decision.actions:
+        match action:
+            case act.EnsureService(manifest) | act.CreatePod(manifest):
+                if await asyncio.to_thread(cluster.create, manifest) and manifest["kind"] == "Pod":
+                    created += 1
+                    if manifest["metadata"]["labels"].get(wk.ROLE_LABEL) == "worker" and observed.spec.fallback and \
+                            manifest["metadata"]["labels"][wk.POOL_LABEL] == observed.spec.fallback.pool:
+                        metrics.FALLBACKS.labels(namespace, name).inc()
+            case act.DeletePod(pod, _reason, grace):
+                await asyncio.to_thread(cluster.delete_pod, namespace, pod, grace)
+                removed += 1
+            case act.EvictPod(pod, grace):
+                await asyncio.to_thread(cluster.evict_pod, namespace, pod, grace)
+                removed += 1
+            case act.RequestCheckpoint(request_id, reason, deadline, pod_ips):
+                sent = time.perf_counter()
+                results = await rt.trainers.request_checkpoints(pod_ips, request_id, reason, deadline)
+                metrics.CHECKPOINT_REQUESTS.labels(namespace, name).inc()
+                metrics.NOTICE_TO_REQUEST_SECONDS.observe(time.perf_counter() - sent)
+                failed = sorted(p for p, ok in results.items() if not ok)
+                if failed:
+                    log.warning("checkpoint request %s not accepted by %s", request_id, ", ".join(failed))
+                # Read the endpoints again right away: unreachable doomed workers are evicted without waiting.
+                rt.last_trainer_poll.pop((namespace, name), None)
+            case act.MarkNodeDrained(node):
+                await asyncio.to_thread(cluster.annotate_node, node, {wk.NODE_DRAINED_ANNOTATION: "true"})
+            case act.DeleteJob():
+                await asyncio.to_thread(cluster.delete_job, namespace, name)
+            case act.Event(type_, reason, message):
+                await asyncio.to_thread(cluster.post_event, job, type_, reason, message, REPORTER)
+    if created or removed:
+        metrics.RESCALES.labels(namespace, name).inc()
+
+
+def _export(observed: Observed, status: Mapping[str, Any]) -> None:
+    namespace, name = observed.job.namespace, observed.job.name
+    cost = status.get("cost") or {}
+    metrics.HOURLY_COST.labels(namespace, name).set(float(cost.get("hourly", 0)))
+    metrics.SAVING_PERCENT.labels(namespace, name).set(float(cost.get("savingPercent", 0)))
+    for pool_zone, count in (status.get("preemptionsByPool") or {}).items():
+        before = observed.status.preemptions_by_pool.get(pool_zone, 0)
+        if count > before:
+            metrics.PREEMPTIONS.labels(namespace, name, pool_zone.split("/", 1)[0]).inc(count - before)
+    metrics.record_job(namespace, name, str(status.get("phase", "")), [
+        (w.pool, w.zone, "spot" if any(p.name == w.pool and p.spot for p in observed.spec.pools) else "on-demand")
+        for w in observed.pods if w.role == "worker" and w.active and w.phase == "Running"
+    ])

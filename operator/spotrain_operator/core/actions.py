@@ -1,0 +1,58 @@
+"""What the core asks the shell to do. Each action is idempotent to apply: creating what exists, deleting what
+is gone or evicting what is already terminating is a no-op, so a reconcile may be repeated safely."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EnsureService:
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    name: str
+    reason: str  # recorded on the pod (deletion-reason annotation) before it goes
+    grace_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class EvictPod:
+    name: str
+    grace_seconds: int
+
+
+@dataclass(frozen=True)
+class RequestCheckpoint:
+    request_id: str
+    reason: str
+    deadline: str
+    pod_ips: tuple[tuple[str, str], ...]  # (pod name, pod IP)
+
+
+@dataclass(frozen=True)
+class MarkNodeDrained:
+    node: str
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    pass
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+Action = CreatePod | EnsureService | DeletePod | EvictPod | RequestCheckpoint | MarkNodeDrained | DeleteJob | Event

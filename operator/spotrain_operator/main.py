@@ -1,0 +1,152 @@
+"""spotrain-operator: the SpotTrainingJob controller.
+
+    spotrain-operator [--kubeconfig PATH] [--namespace NS ... | --all-namespaces]
+                      [--leader-elect [--leader-election-namespace NS]] [--metrics-port 8080] [--health-port 8081]
+                      [--aws-queue-url URL --aws-region R [--aws-endpoint-url URL]]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from prometheus_client import start_http_server
+
+from spotrain_operator.cluster import Cluster
+from spotrain_operator.controllers import jobs  # importing registers the handlers
+from spotrain_operator.leader import LeaderElector
+
+log = logging.getLogger("spotrain.operator")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: structured logs that any collector parses."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {"time": self.formatTime(record), "level": record.levelname.lower(),
+                                 "logger": record.name, "msg": record.getMessage()}
+        for key in ("lease", "identity", "job", "node"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler], force=True)
+    # kopf logs every handler call at INFO; quiet by default, as the brief asks.
+    logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _serve_health(port: int, ready: threading.Event) -> None:
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            ok = self.path == "/healthz" or (self.path == "/readyz" and ready.is_set())
+            self.send_response(200 if ok else 503)
+            self.end_headers()
+            self.wfile.write(b"ok\n" if ok else b"not ready\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Health)
+    threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
+
+
+_KUBECONFIG_CLIENT: client.Configuration | None = None
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """With --kubeconfig, kopf connects exactly as the kubernetes client loaded it; in a pod, as usual."""
+    c = _KUBECONFIG_CLIENT
+    if c is None:
+        return kopf.login_via_client(**kwargs)
+    token = (c.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip() or None
+    return kopf.ConnectionInfo(server=c.host, ca_path=c.ssl_ca_cert, certificate_path=c.cert_file,
+                               private_key_path=c.key_file, token=token, insecure=not c.verify_ssl)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.peering.standalone = True  # leadership comes from the Lease, before kopf starts
+    settings.posting.enabled = False  # spotrain posts its own events, with reasons users can act on
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="spotrain-operator", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kubeconfig", help="path to a kubeconfig; in-cluster config when omitted")
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", action="append", help="watch only this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--leader-elect", action="store_true", help="run only while holding the Lease")
+    parser.add_argument("--leader-election-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
+    parser.add_argument("--lease-name", default="spotrain-operator")
+    parser.add_argument("--lease-duration", type=int, default=15, help="seconds")
+    parser.add_argument("--metrics-port", type=int, default=8080, help="0 disables")
+    parser.add_argument("--health-port", type=int, default=8081, help="0 disables")
+    parser.add_argument("--resync", type=float, default=10.0, help="seconds between reconciles of a quiet job")
+    parser.add_argument("--aws-queue-url", help="SQS queue with EventBridge interruption events")
+    parser.add_argument("--aws-region")
+    parser.add_argument("--aws-endpoint-url", help="for S3/SQS-compatible endpoints")
+    parser.add_argument("--log-level", default=os.environ.get("SPOTRAIN_LOG_LEVEL", "info"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    _configure_logging(args.log_level)
+    if args.kubeconfig:
+        global _KUBECONFIG_CLIENT
+        api_client = config.new_client_from_config(config_file=args.kubeconfig)
+        _KUBECONFIG_CLIENT = api_client.configuration
+    else:
+        config.load_incluster_config()
+        api_client = client.ApiClient()
+    ready = threading.Event()
+    if args.health_port:
+        _serve_health(args.health_port, ready)
+    if args.metrics_port:
+        start_http_server(args.metrics_port)
+    if args.leader_elect:
+        identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+        elector = LeaderElector(api_client, args.leader_election_namespace, args.lease_name, identity,
+                                lease_seconds=args.lease_duration)
+        ready.set()  # a standby replica is healthy and ready; it just does not act
+        elector.acquire()
+        elector.keep()
+    jobs.RUNTIME = jobs.Runtime(Cluster(api_client), resync_seconds=args.resync)
+    stop = threading.Event()
+    if args.aws_queue_url:
+        from spotrain_operator.awsqueue import start_queue_consumer
+
+        start_queue_consumer(api_client, args.aws_queue_url, args.aws_region, args.aws_endpoint_url, stop)
+    ready.set()
+    log.info("operator starting")
+    try:
+        asyncio.run(kopf.operator(clusterwide=not args.namespace, namespaces=args.namespace or [],
+                                  standalone=True))
+    finally:
+        stop.set()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
