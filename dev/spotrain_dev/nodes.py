@@ -55,14 +55,19 @@ class NodeSimulator:
         used = [int((n.metadata.annotations or {}).get(topology.INDEX_ANNOTATION, 0)) for n in nodes]
         return max(used, default=0) + 1
 
-    def add(self, pool_name: str, zone: str, instance_type: str | None = None, name: str | None = None) -> str:
+    def add(self, pool_name: str, zone: str, instance_type: str | None = None, name: str | None = None,
+            labels: dict[str, str] | None = None) -> str:
+        """A new node of ``pool_name`` in ``zone``; ``labels`` are added to the pool's (tests give their nodes a
+        label of their own so that jobs and signals in one test never touch another test's nodes)."""
         pool = self.topology.pool(pool_name)
         if zone not in pool.zones:
             raise ValueError(f"zone {zone!r} is not one of pool {pool_name!r}'s zones: {', '.join(pool.zones)}")
         itype = instance_type or pool.instance_types[0]
         index = self._next_index()
         name = name or f"{pool.name}-{zone.rsplit('-', 1)[-1]}-{index}"
-        self.api.create_node(topology.node_manifest(self.topology, pool, zone, itype, name, index))
+        manifest = topology.node_manifest(self.topology, pool, zone, itype, name, index)
+        manifest["metadata"]["labels"].update(labels or {})
+        self.api.create_node(manifest)
         return name
 
     def create_topology(self) -> list[str]:

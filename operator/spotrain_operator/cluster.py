@@ -34,8 +34,13 @@ class Cluster:
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"{wk.JOB_LABEL}={name}")
         return [self.core.api_client.sanitize_for_serialization(p) for p in pods.items]
 
-    def read_config_map(self, namespace: str, name: str) -> dict[str, str]:
-        return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+    def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
+        try:
+            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
 
     def create(self, manifest: dict[str, Any]) -> bool:
         namespace = manifest["metadata"]["namespace"]

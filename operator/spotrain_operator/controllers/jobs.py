@@ -126,6 +126,9 @@ async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.In
         config_map = job["spec"].get("placement", {}).get("pricingConfigMap")
         if config_map:
             pricing = await asyncio.to_thread(rt.cluster.read_config_map, namespace, config_map)
+            if pricing is None:
+                raise SpecError("spec.placement.pricingConfigMap", f"ConfigMap {config_map!r} does not exist",
+                                "create it in the job's namespace or remove the field")
         spec = parse_spec(job["spec"], pricing)
     except (SpecError, KeyError, ValueError) as e:
         await _report_invalid(rt, job, str(e))

@@ -1,0 +1,147 @@
+"""Test helpers: the operator as a real process against the devcluster, on nodes that belong to one test alone.
+
+Each test gets its own namespace, its own KWOK nodes (labelled with the namespace, so that its jobs select
+only them) and operators watching only that namespace; everything is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from spotrain_dev.cluster import DevCluster
+from spotrain_dev.nodes import NodeSimulator
+from spotrain_operator import wellknown as wk
+
+REPO = Path(__file__).resolve().parents[2]
+TEST_LABEL = "test.spotrain.dev/namespace"
+ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Harness:
+    cluster: DevCluster
+    namespace: str
+    api: client.ApiClient
+    nodes: NodeSimulator
+    tmp: Path
+    operators: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    created_nodes: list[str] = field(default_factory=list)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    # -- nodes --------------------------------------------------------------------------------------------
+
+    def add_node(self, pool: str, zone: str) -> str:
+        name = self.nodes.add(pool, zone, name=f"t{self.namespace[-5:]}-{pool}-{zone[-2:]}-{len(self.created_nodes)}",
+                              labels={TEST_LABEL: self.namespace})
+        self.created_nodes.append(name)
+        return name
+
+    def wait_nodes_ready(self, names: list[str]) -> None:
+        wait_for("nodes Ready", lambda: self.nodes.ready_count(names) == len(names))
+
+    # -- operator ------------------------------------------------------------------------------------------
+
+    def start_operator(self, *extra: str) -> subprocess.Popen[bytes]:
+        log = (self.tmp / f"operator-{len(self.operators)}.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "spotrain_operator.main", "--kubeconfig", str(self.cluster.kubeconfig),
+             "--namespace", self.namespace, "--metrics-port", "0", "--health-port", "0", "--resync", "2", *extra],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.operators.append(process)
+        return process
+
+    def operator_log(self, index: int = 0) -> str:
+        return (self.tmp / f"operator-{index}.log").read_text(errors="replace")
+
+    def kill(self, process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        if process.poll() is None:
+            os.killpg(process.pid, sig)
+            process.wait(30)
+
+    # -- jobs ----------------------------------------------------------------------------------------------
+
+    def job_manifest(self, name: str = "job", *, min_nodes: int = 2, max_nodes: int = 3,
+                     pools: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+        """A job whose pools select only this test's nodes."""
+        quickstart = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+        manifest: dict[str, Any] = copy.deepcopy(quickstart)
+        manifest["metadata"] = {"name": name, "namespace": self.namespace}
+        body = manifest["spec"]
+        body["elastic"] = {"minNodes": min_nodes, "maxNodes": max_nodes, "scaleUpWindow": "3s"}
+        body["placement"]["pools"] = pools or [
+            self.pool("spot-cpu", "spot"),
+            self.pool("on-demand", "on-demand"),
+        ]
+        body["fallback"] = {"pool": "on-demand", "after": "6s", "maxNodes": max_nodes}
+        body.update(spec)
+        return manifest
+
+    def pool(self, devcluster_pool: str, capacity: str, **extra: Any) -> dict[str, Any]:
+        return {"name": devcluster_pool, "capacityType": capacity,
+                "nodeSelector": {"dev.spotrain.dev/pool": devcluster_pool, TEST_LABEL: self.namespace}, **extra}
+
+    def create_job(self, manifest: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(wk.GROUP, wk.VERSION, self.namespace, wk.PLURAL, manifest)
+
+    def patch_job(self, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(wk.GROUP, wk.VERSION, self.namespace, wk.PLURAL, name, patch)
+
+    def job(self, name: str = "job") -> dict[str, Any]:
+        job: dict[str, Any] = self.custom.get_namespaced_custom_object(wk.GROUP, wk.VERSION, self.namespace,
+                                                                       wk.PLURAL, name)
+        return job
+
+    def status(self, name: str = "job") -> dict[str, Any]:
+        return dict(self.job(name).get("status") or {})
+
+    def pods(self, role: str = "worker", job: str = "job") -> list[client.V1Pod]:
+        selector = f"{wk.JOB_LABEL}={job},{wk.ROLE_LABEL}={role}"
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
+
+    def running_workers(self, job: str = "job") -> list[client.V1Pod]:
+        pods = self.pods("worker", job)
+        return [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+
+    def node_zone(self, node: str) -> str:
+        return str(self.core.read_node(node).metadata.labels[wk.ZONE])
+
+    def events(self, reason: str | None = None) -> list[client.CoreV1Event]:
+        items = self.core.list_namespaced_event(self.namespace).items
+        return [e for e in items if reason is None or e.reason == reason]
+
+    def cleanup(self) -> None:
+        for process in self.operators:
+            self.kill(process)
+        for name in self.created_nodes:
+            self.nodes.remove(name)
