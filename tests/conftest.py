@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client, config
+
 from spotrain_dev.cluster import DevCluster
 
 

@@ -1,0 +1,296 @@
+"""The pure core: spec parsing, placement, termination signals and reconcile decisions, with no cluster."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from spotrain_operator import wellknown as wk
+from spotrain_operator.api import SpecError, parse_duration, parse_spec
+from spotrain_operator.core import actions as act
+from spotrain_operator.core import placement
+from spotrain_operator.core.model import JobStatus, NodeView, PodView, Taint
+from spotrain_operator.core.pods import JobRef
+from spotrain_operator.core.reconcile import Observed, TrainerStatus, decide
+from spotrain_operator.core.termination import node_notice, pod_notice
+
+NOW = datetime.datetime(2026, 1, 1, 8, 0, 0, tzinfo=datetime.UTC)
+QUICKSTART = yaml.safe_load((Path(__file__).resolve().parents[3] / "examples" / "quickstart.yaml").read_text())
+JOB = JobRef("job", "ns", "0123456789abcdef")
+ALL_SOURCES = frozenset(["nodeTerminationHandler", "karpenter", "gke", "aks", "clusterAutoscaler", "agent",
+                         "awsQueue", "nodeHealth", "podDisruption"])
+
+
+def spec(**changes: Any) -> Any:
+    raw = copy.deepcopy(QUICKSTART["spec"])
+    for path, value in changes.items():
+        target = raw
+        keys = path.split("__")
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = value
+    return parse_spec(raw)
+
+
+def node(name: str, pool: str, zone: str, *, ready: bool = True, taints: tuple[Taint, ...] = (),
+         labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None) -> NodeView:
+    selector = {"spot-cpu": {"karpenter.sh/nodepool": "spot-cpu"},
+                "gke-spot": {"cloud.google.com/gke-nodepool": "gke-spot"},
+                "on-demand": {"karpenter.sh/nodepool": "on-demand"}}[pool]
+    return NodeView(name, {**selector, wk.ZONE: zone, **(labels or {})}, annotations or {}, taints, ready,
+                    "True" if ready else "Unknown")
+
+
+def worker(name: str, pool: str, zone: str, node_name: str | None, *, phase: str = "Running", round_: int = 1,
+           serial: int = 1, ip: str | None = "127.16.0.1", **extra: Any) -> PodView:
+    return PodView(name=name, role="worker", round=round_, pool=pool, zone=zone, node=node_name, phase=phase,
+                   ready=phase == "Running", deleting=False, created=NOW, ip=ip, serial=serial, **extra)
+
+
+def store(node_name: str = "od-a", round_: int = 1) -> PodView:
+    return PodView(name=f"job-rdzv-g{round_}", role="rendezvous", round=round_, pool="on-demand", zone="us-east-1a",
+                   node=node_name, phase="Running", ready=True, deleting=False, created=NOW)
+
+
+def observe(spec_: Any, pods: list[PodView], nodes: list[NodeView], status: JobStatus | None = None,
+            now: datetime.datetime = NOW, trainers: dict[str, TrainerStatus | None] | None = None) -> Observed:
+    return Observed(JOB, 1, spec_, status or JobStatus(round=1, serial=10), pods, {n.name: n for n in nodes}, now,
+                    trainers or {})
+
+
+def created(decision: Any) -> list[dict[str, Any]]:
+    return [a.manifest for a in decision.actions if isinstance(a, act.CreatePod)
+            and a.manifest["metadata"]["labels"][wk.ROLE_LABEL] == "worker"]
+
+
+# -- api --------------------------------------------------------------------------------------------------
+
+def test_durations() -> None:
+    assert parse_duration("1m30s", "f") == 90
+    assert parse_duration("1.5h", "f") == 5400
+    assert parse_duration("250ms", "f") == 0.25
+    with pytest.raises(SpecError, match="spec.x: 'soon' is not a duration; write it like 30s"):
+        parse_duration("soon", "spec.x")
+
+
+def test_pricing_config_map_fills_prices_and_bad_prices_name_the_field() -> None:
+    raw = copy.deepcopy(QUICKSTART["spec"])
+    del raw["placement"]["pools"][0]["hourlyPrice"]
+    parsed = parse_spec(raw, {"spot-cpu.hourlyPrice": "0.2"})
+    assert parsed.pool("spot-cpu").hourly_price == 0.2
+    with pytest.raises(SpecError, match=r"spec.placement.pools\[0\].hourlyPrice"):
+        parse_spec(raw, {"spot-cpu.hourlyPrice": "cheap"})
+
+
+def test_rendezvous_defaults_to_the_fallback_pool() -> None:
+    assert spec().rendezvous_pool_name == "on-demand"
+
+
+# -- placement --------------------------------------------------------------------------------------------
+
+def test_spread_across_zones_and_weights() -> None:
+    s = spec()
+    nodes = [node(f"s-{z}-{i}", "spot-cpu", z) for z in ("a", "b", "c") for i in range(2)]
+    nodes += [node(f"g-{z}", "gke-spot", z) for z in ("a", "b", "c")]
+    available = placement.offerings(s, nodes, [], {}, NOW, False)
+    choices = placement.choose(s, available, [], 4)
+    assert sorted(c.zone for c in choices) == ["a", "a", "b", "c"]
+    # spot-cpu has weight 2, gke-spot weight 1.
+    assert [c.pool for c in choices].count("spot-cpu") == 3
+
+
+def test_pack_fills_one_zone_first() -> None:
+    s = spec(placement__zones="Pack")
+    nodes = [node(f"s-b-{i}", "spot-cpu", "b") for i in range(3)] + [node("s-a", "spot-cpu", "a")]
+    choices = placement.choose(s, placement.offerings(s, nodes, [], {}, NOW, False), [], 4)
+    assert [c.zone for c in choices] == ["b", "b", "b", "a"]
+
+
+def test_cooldown_price_cap_taints_and_occupied_nodes_exclude_offerings() -> None:
+    s = spec(placement__maxSpotPriceRatio=0.3)  # gke-spot costs 0.11/0.389 = 28 %, spot-cpu 31 %
+    nodes = [node("s-a", "spot-cpu", "a"), node("g-a", "gke-spot", "a"), node("g-b", "gke-spot", "b"),
+             node("g-c", "gke-spot", "c", taints=(Taint(wk.KARPENTER_DISRUPTED, "", "NoSchedule"),))]
+    busy = [worker("w1", "gke-spot", "a", "g-a")]
+    cooldowns = {placement.cooldown_key("gke-spot", "b"): NOW + datetime.timedelta(minutes=1)}
+    assert placement.offerings(s, nodes, busy, cooldowns, NOW, False) == []
+    later = NOW + datetime.timedelta(minutes=2)
+    assert placement.offerings(s, nodes, busy, cooldowns, later, False) == [placement.Offering("gke-spot", "b", 1)]
+
+
+def test_fallback_pool_only_when_active_and_capped() -> None:
+    s = spec()
+    nodes = [node(f"od-{z}", "on-demand", z) for z in ("a", "b", "c")]
+    assert placement.offerings(s, nodes, [], {}, NOW, False) == []
+    available = placement.offerings(s, nodes, [], {}, NOW, True)
+    assert len(placement.choose(s, available, [], 3)) == 2  # fallback.maxNodes
+
+
+# -- termination signals -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("taint", "source"), [
+    (Taint(wk.NTH_SPOT_ITN, "spot-itn-1", "NoSchedule"), "nodeTerminationHandler"),
+    (Taint(wk.NTH_ASG_LIFECYCLE, "x", "NoSchedule"), "nodeTerminationHandler"),
+    (Taint(wk.KARPENTER_DISRUPTED, "", "NoSchedule"), "karpenter"),
+    (Taint(wk.KARPENTER_DISRUPTION_V1BETA1, "disrupting", "NoSchedule"), "karpenter"),
+    (Taint(wk.GKE_IMPENDING_TERMINATION, "", "NoSchedule"), "gke"),
+    (Taint(wk.AKS_REMEDIATOR_UNSCHEDULABLE, "", "NoSchedule"), "aks"),
+    (Taint(wk.CA_TO_BE_DELETED, "1767254400", "NoSchedule"), "clusterAutoscaler"),
+    (Taint(wk.AGENT_INTERRUPTION_TAINT, "aws-spot-itn", "NoSchedule"), "agent"),
+])
+def test_each_taint_is_a_notice(taint: Taint, source: str) -> None:
+    notice = node_notice(node("n", "spot-cpu", "a", taints=(taint,)), NOW, ALL_SOURCES, False)
+    assert notice is not None and notice.source == source and notice.deadline > NOW
+    assert node_notice(node("n", "spot-cpu", "a", taints=(taint,)), NOW, ALL_SOURCES - {source}, False) is None
+
+
+def test_hints_and_rebalance_are_not_notices_unless_asked() -> None:
+    hint = node("n", "spot-cpu", "a", taints=(Taint(wk.CA_DELETION_CANDIDATE, "1", "PreferNoSchedule"),))
+    assert node_notice(hint, NOW, ALL_SOURCES, True) is None
+    rebalance = node("n", "spot-cpu", "a", taints=(Taint(wk.NTH_REBALANCE, "r", "NoSchedule"),))
+    assert node_notice(rebalance, NOW, ALL_SOURCES, False) is None
+    assert node_notice(rebalance, NOW, ALL_SOURCES, True) is not None
+
+
+def test_deadlines_come_from_the_signal_when_it_has_one() -> None:
+    action = NOW + datetime.timedelta(seconds=90)
+    nth = node("n", "spot-cpu", "a", taints=(Taint(wk.NTH_SPOT_ITN, "e", "NoSchedule"),),
+               labels={wk.NTH_ACTION_TIME_LABEL: str(int(action.timestamp()))})
+    assert node_notice(nth, NOW, ALL_SOURCES, False).deadline == action  # type: ignore[union-attr]
+    agent = node("n", "spot-cpu", "a", taints=(Taint(wk.AGENT_INTERRUPTION_TAINT, "gcp-preempted", "NoSchedule"),),
+                 annotations={wk.AGENT_DEADLINE_ANNOTATION: "2026-01-01T08:00:25Z"})
+    assert node_notice(agent, NOW, ALL_SOURCES, False).deadline == NOW + datetime.timedelta(seconds=25)  # type: ignore[union-attr]
+    gke = node("n", "gke-spot", "a", taints=(Taint(wk.GKE_IMPENDING_TERMINATION, "", "NoSchedule"),))
+    assert node_notice(gke, NOW, ALL_SOURCES, False).deadline == NOW + datetime.timedelta(seconds=30)  # type: ignore[union-attr]
+
+
+def test_pod_disruption_target_is_a_notice() -> None:
+    evicted = worker("w", "spot-cpu", "a", "n", disruption_reason="EvictionByEvictionAPI")
+    assert pod_notice(evicted, NOW, ALL_SOURCES).source == "podDisruption"  # type: ignore[union-attr]
+    assert pod_notice(evicted, NOW, ALL_SOURCES - {"podDisruption"}) is None
+
+
+# -- reconcile ---------------------------------------------------------------------------------------------
+
+def base_nodes() -> list[NodeView]:
+    return [node(f"s-{z}", "spot-cpu", z) for z in ("a", "b", "c")] + [node("od-a", "on-demand", "a")]
+
+
+def test_first_reconcile_creates_store_service_and_workers_at_once() -> None:
+    d = decide(observe(spec(), [], base_nodes(), JobStatus()))
+    kinds = [type(a).__name__ for a in d.actions]
+    assert kinds.count("EnsureService") == 1
+    assert len(created(d)) == 3  # only 3 spot nodes; target 4 waits for capacity
+    assert d.status["rendezvous"]["round"] == 1 and d.status["podSerial"] == 3
+    assert d.status["pendingSince"] is not None  # short of spot: the fallback clock runs
+
+
+def test_reconcile_is_idempotent_once_converged() -> None:
+    s = spec(elastic__maxNodes=3)
+    pods = [store(), *(worker(f"w{i}", "spot-cpu", z, f"s-{z}", serial=i) for i, z in enumerate("abc"))]
+    d = decide(observe(s, pods, base_nodes()))
+    assert not [a for a in d.actions if not isinstance(a, act.Event)]
+    assert d.status["phase"] == "Running" and d.status["workersSummary"] == "3/3"
+
+
+def test_joins_above_min_wait_for_the_window() -> None:
+    s = spec(elastic__maxNodes=4)
+    pods = [store(), worker("w1", "spot-cpu", "a", "s-a"), worker("w2", "spot-cpu", "b", "s-b", serial=2)]
+    first = decide(observe(s, pods, base_nodes()))
+    assert not created(first) and first.status["scaleUpAfter"]
+    later = NOW + datetime.timedelta(seconds=21)
+    second = decide(observe(s, pods, base_nodes(), JobStatus.from_body(first.status), now=later))
+    assert len(created(second)) == 1
+
+
+def test_lost_node_is_a_preemption_with_cooldown_not_a_failure() -> None:
+    s = spec(elastic__maxNodes=3)
+    pods = [store(), *(worker(f"w{i}", "spot-cpu", z, f"s-{z}", serial=i) for i, z in enumerate("abc"))]
+    nodes = [n for n in base_nodes() if n.name != "s-a"]
+    d = decide(observe(s, pods, nodes))
+    assert d.status["preemptions"] == 1 and d.status["failures"] == 0
+    assert "spot-cpu/a" in d.status["cooldowns"]
+    assert act.DeletePod("w0", "node deleted", 0) in d.actions
+    again = decide(observe(s, pods, nodes, JobStatus.from_body(d.status)))
+    assert again.status["preemptions"] == 1, "a lost worker is counted once"
+
+
+def test_notice_requests_one_checkpoint_then_evicts_when_durable() -> None:
+    s = spec(elastic__maxNodes=3)
+    doomed = node("s-a", "spot-cpu", "a", taints=(Taint(wk.KARPENTER_DISRUPTED, "", "NoSchedule"),))
+    nodes = [doomed, *base_nodes()[1:]]
+    pods = [store(), *(worker(f"w{i}", "spot-cpu", z, f"s-{z}", serial=i, ip=f"127.16.{i}.1")
+                       for i, z in enumerate("abc"))]
+    first = decide(observe(s, pods, nodes))
+    requests = [a for a in first.actions if isinstance(a, act.RequestCheckpoint)]
+    assert len(requests) == 1 and len(requests[0].pod_ips) == 3
+    assert first.status["drains"]["s-a"]["evicted"] is False
+    assert not [a for a in first.actions if isinstance(a, act.EvictPod)]
+
+    status = JobStatus.from_body(first.status)
+    waiting = decide(observe(s, pods, nodes, status, NOW + datetime.timedelta(seconds=2),
+                             {"w0": TrainerStatus(step=10), "w1": TrainerStatus(step=10)}))
+    assert not [a for a in waiting.actions if isinstance(a, act.EvictPod | act.RequestCheckpoint)]
+
+    durable = TrainerStatus(step=11, checkpoint_step=11, checkpoint_request_id=requests[0].request_id)
+    done = decide(observe(s, pods, nodes, status, NOW + datetime.timedelta(seconds=5), {"w0": durable}))
+    evictions = [a for a in done.actions if isinstance(a, act.EvictPod)]
+    assert [e.name for e in evictions] == ["w0"]
+    assert 0 < evictions[0].grace_seconds <= 120
+    assert act.MarkNodeDrained("s-a") in done.actions
+    assert done.status["preemptions"] == 1 and done.status["lastCheckpoint"]["step"] == 11
+
+
+def test_unreachable_worker_is_evicted_at_once_and_a_burst_is_one_request() -> None:
+    s = spec(elastic__maxNodes=3)
+    taint = (Taint(wk.NTH_SPOT_ITN, "e", "NoSchedule"),)
+    nodes = [node("s-a", "spot-cpu", "a", taints=taint), node("s-b", "spot-cpu", "b", taints=taint),
+             node("s-c", "spot-cpu", "c"), node("od-a", "on-demand", "a")]
+    pods = [store(), *(worker(f"w{i}", "spot-cpu", z, f"s-{z}", serial=i) for i, z in enumerate("abc"))]
+    first = decide(observe(s, pods, nodes))
+    assert len([a for a in first.actions if isinstance(a, act.RequestCheckpoint)]) == 1
+    assert set(first.status["drains"]) == {"s-a", "s-b"}
+    second = decide(observe(s, pods, nodes, JobStatus.from_body(first.status), NOW + datetime.timedelta(seconds=1),
+                            {"w0": None, "w1": TrainerStatus(step=3), "w2": TrainerStatus(step=3)}))
+    assert [a.name for a in second.actions if isinstance(a, act.EvictPod)] == ["w0"]
+
+
+def test_deadline_minus_margin_forces_the_eviction() -> None:
+    s = spec(elastic__maxNodes=3)
+    nodes = [node("s-a", "spot-cpu", "a", taints=(Taint(wk.GKE_IMPENDING_TERMINATION, "", "NoSchedule"),)),
+             *base_nodes()[1:]]
+    pods = [store(), *(worker(f"w{i}", "spot-cpu", z, f"s-{z}", serial=i) for i, z in enumerate("abc"))]
+    first = decide(observe(s, pods, nodes))
+    late = NOW + datetime.timedelta(seconds=21)  # 30 s GKE notice - 10 s margin
+    d = decide(observe(s, pods, nodes, JobStatus.from_body(first.status), late, {"w0": TrainerStatus(step=5)}))
+    (eviction,) = [a for a in d.actions if isinstance(a, act.EvictPod)]
+    assert eviction.grace_seconds == 0
+
+
+def test_notice_on_a_node_without_workers_does_nothing() -> None:
+    s = spec(elastic__maxNodes=2)
+    nodes = [*base_nodes(), node("s-x", "spot-cpu", "a", taints=(Taint(wk.KARPENTER_DISRUPTED, "", "NoSchedule"),))]
+    pods = [store(), worker("w0", "spot-cpu", "a", "s-a"), worker("w1", "spot-cpu", "b", "s-b", serial=2)]
+    d = decide(observe(s, pods, nodes))
+    assert not d.status["drains"]
+    assert not [a for a in d.actions if isinstance(a, act.RequestCheckpoint | act.EvictPod)]
+
+
+def test_budgets_fail_the_job() -> None:
+    s = spec(budgets={"maxFailures": 0, "maxPreemptions": 5})
+    failed = worker("w0", "spot-cpu", "a", "s-a", phase="Failed", exit_code=1)
+    d = decide(observe(s, [store(), failed], base_nodes()))
+    assert d.status["phase"] == "Failed" and d.status["failures"] == 1
+
+
+def test_lost_rendezvous_starts_a_new_round() -> None:
+    s = spec(elastic__maxNodes=2)
+    pods = [store("gone"), worker("w0", "spot-cpu", "a", "s-a"), worker("w1", "spot-cpu", "b", "s-b", serial=2)]
+    d = decide(observe(s, pods, base_nodes()))
+    assert d.status["rendezvous"]["round"] == 2
+    assert {a.name for a in d.actions if isinstance(a, act.DeletePod)} >= {"w0", "w1"}
+    assert all(m["metadata"]["name"].endswith("-g2") for m in created(d))
