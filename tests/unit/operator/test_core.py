@@ -74,7 +74,7 @@ def test_durations() -> None:
     assert parse_duration("1m30s", "f") == 90
     assert parse_duration("1.5h", "f") == 5400
     assert parse_duration("250ms", "f") == 0.25
-    with pytest.raises(SpecError, match="spec.x: 'soon' is not a duration; write it like 30s"):
+    with pytest.raises(SpecError, match=r"spec\.x: 'soon' is not a duration; write it like 30s"):
         parse_duration("soon", "spec.x")
 
 
