@@ -7,13 +7,16 @@ only them) and operators watching only that namespace; everything is removed aft
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +148,64 @@ class Harness:
             self.kill(process)
         for name in self.created_nodes:
             self.nodes.remove(name)
+
+
+class FakeTrainerEndpoints:
+    """Stand-ins for the workers' control endpoints, bound on the KWOK pod IPs (loopback), for operator tests
+    that need the checkpoint protocol but not torch: a POSTed request becomes durable after ``delay`` seconds.
+    Pods listed in ``unreachable`` get no endpoint at all."""
+
+    def __init__(self, harness: Harness, delay: float = 0.0, port: int = 8470):
+        self.harness, self.delay, self.port = harness, delay, port
+        self.unreachable: set[str] = set()
+        self.requests: dict[str, list[dict[str, Any]]] = {}
+        self._servers: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> FakeTrainerEndpoints:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for server in self._servers.values():
+            server.shutdown()
+            server.server_close()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.2):
+            for pod in self.harness.pods("worker"):
+                name, ip = pod.metadata.name, pod.status.pod_ip
+                if ip and pod.status.phase == "Running" and name not in self._servers and name not in self.unreachable:
+                    self._servers[name] = self._serve(name, ip)
+
+    def _serve(self, pod: str, ip: str) -> Any:
+        fake = self
+        received: list[dict[str, Any]] = self.requests.setdefault(pod, [])
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                received.append({**body, "at": time.monotonic()})
+                self.send_response(202)
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                last = None
+                if received and time.monotonic() - received[-1]["at"] >= fake.delay:
+                    last = {"step": 100, "uri": "s3://fake/step-100", "time": "2026-01-01T00:00:00Z",
+                            "request_id": received[-1]["id"]}
+                payload = json.dumps({"step": 100, "last_checkpoint": last, "completed": False}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer((ip, self.port), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
