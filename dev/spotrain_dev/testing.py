@@ -152,11 +152,13 @@ class Harness:
 
 class FakeTrainerEndpoints:
     """Stand-ins for the workers' control endpoints, bound on the KWOK pod IPs (loopback), for operator tests
-    that need the checkpoint protocol but not torch: a POSTed request becomes durable after ``delay`` seconds.
-    Pods listed in ``unreachable`` get no endpoint at all."""
+    and benchmarks that need the checkpoint protocol but not torch: a POSTed request becomes durable after
+    ``delay`` seconds. Pods listed in ``unreachable`` get no endpoint at all. ``source`` is a Harness (its
+    namespace's workers) or any callable listing worker pods."""
 
-    def __init__(self, harness: Harness, delay: float = 0.0, port: int = 8470):
-        self.harness, self.delay, self.port = harness, delay, port
+    def __init__(self, source: Harness | Callable[[], list[client.V1Pod]], delay: float = 0.0, port: int = 8470):
+        self.list_pods = source.pods if isinstance(source, Harness) else source
+        self.delay, self.port = delay, port
         self.unreachable: set[str] = set()
         self.requests: dict[str, list[dict[str, Any]]] = {}
         self._servers: dict[str, Any] = {}
@@ -176,7 +178,7 @@ class FakeTrainerEndpoints:
 
     def _watch(self) -> None:
         while not self._stop.wait(0.2):
-            for pod in self.harness.pods("worker"):
+            for pod in self.list_pods():
                 name, ip = pod.metadata.name, pod.status.pod_ip
                 if ip and pod.status.phase == "Running" and name not in self._servers and name not in self.unreachable:
                     self._servers[name] = self._serve(name, ip)

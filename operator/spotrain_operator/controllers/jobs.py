@@ -20,12 +20,13 @@ import kopf
 
 from spotrain_operator import metrics
 from spotrain_operator import wellknown as wk
-from spotrain_operator.api import SpecError, parse_spec
+from spotrain_operator.api import SOURCE_NAMES, SpecError, parse_spec
 from spotrain_operator.cluster import Cluster
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, format_time
 from spotrain_operator.core.pods import CONTROL_PORT, JobRef
 from spotrain_operator.core.reconcile import Decision, Observed, TrainerStatus, decide
+from spotrain_operator.core.termination import node_notice
 from spotrain_operator.trainer_client import TrainerClient
 
 log = logging.getLogger("spotrain.jobs")
@@ -67,9 +68,26 @@ def nodes_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
     return {name: NodeView.from_body(body)}
 
 
+@kopf.index("pods", labels={wk.JOB_LABEL: kopf.PRESENT})
+def jobs_by_node(spec: kopf.Spec, namespace: str | None, labels: Mapping[str, str],
+                 **_: Any) -> dict[str, tuple[str, str]] | None:
+    node = spec.get("nodeName")
+    return {node: (namespace or "", labels[wk.JOB_LABEL])} if node else None
+
+
 @kopf.on.event("nodes")
-def node_changed(**_: Any) -> None:
-    runtime().wake_all()
+def node_changed(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+    """A notice or a loss concerns the jobs with pods on the node; a node that could take a new worker
+    concerns every job (one may be waiting for capacity)."""
+    rt = runtime()
+    index: kopf.Index[str, tuple[str, str]] = kwargs["jobs_by_node"]
+    for key in set(index.get(name, [])):
+        rt.wake(key)
+    view = NodeView.from_body(body)
+    now = datetime.datetime.now(datetime.UTC)
+    usable = view.ready and not view.unschedulable and node_notice(view, now, SOURCE_NAMES, True) is None
+    if type == "ADDED" or (type == "MODIFIED" and usable):
+        rt.wake_all()
 
 
 @kopf.on.event("pods", labels={wk.JOB_LABEL: kopf.PRESENT})
@@ -174,7 +192,10 @@ async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: 
     # Status first: the pod serials, counted pods and drains it records are what make a repeated or
     # interrupted apply harmless.
     conditions = [c for c in decision.status.get("conditions", []) if c.get("type") != "SpecInvalid"]
-    await asyncio.to_thread(cluster.patch_status, namespace, name, {**decision.status, "conditions": conditions})
+    status = {**decision.status, "conditions": conditions}
+    current = job.get("status") or {}
+    if any(current.get(k) != v for k, v in status.items() if v is not None or k in current):
+        await asyncio.to_thread(cluster.patch_status, namespace, name, status)
     created = removed = 0
     for action in decision.actions:
         match action:
