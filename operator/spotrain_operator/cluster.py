@@ -13,6 +13,8 @@ from kubernetes.client.rest import ApiException
 from spotrain_operator import wellknown as wk
 
 log = logging.getLogger("spotrain.cluster")
+# (connect, read) seconds: a call must never hang a job's reconcile loop on a half-dead connection.
+TIMEOUT = (5.0, 30.0)
 
 
 class Cluster:
@@ -22,8 +24,8 @@ class Cluster:
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            job: dict[str, Any] = self.custom.get_namespaced_custom_object(wk.GROUP, wk.VERSION, namespace, wk.PLURAL,
-                                                                           name)
+            job: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                wk.GROUP, wk.VERSION, namespace, wk.PLURAL, name, _request_timeout=TIMEOUT)
             return job
         except ApiException as e:
             if e.status == 404:
@@ -31,12 +33,13 @@ class Cluster:
             raise
 
     def list_job_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{wk.JOB_LABEL}={name}")
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{wk.JOB_LABEL}={name}",
+                                            _request_timeout=TIMEOUT)
         return [self.core.api_client.sanitize_for_serialization(p) for p in pods.items]
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
-            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+            return dict(self.core.read_namespaced_config_map(name, namespace, _request_timeout=TIMEOUT).data or {})
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -46,9 +49,9 @@ class Cluster:
         namespace = manifest["metadata"]["namespace"]
         try:
             if manifest["kind"] == "Pod":
-                self.core.create_namespaced_pod(namespace, manifest)
+                self.core.create_namespaced_pod(namespace, manifest, _request_timeout=TIMEOUT)
             else:
-                self.core.create_namespaced_service(namespace, manifest)
+                self.core.create_namespaced_service(namespace, manifest, _request_timeout=TIMEOUT)
             return True
         except ApiException as e:
             if e.status == 409:
@@ -57,7 +60,8 @@ class Cluster:
 
     def delete_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:
         try:
-            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds,
+                                           _request_timeout=TIMEOUT)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -68,7 +72,7 @@ class Cluster:
             delete_options=client.V1DeleteOptions(grace_period_seconds=grace_seconds),
         )
         try:
-            self.core.create_namespaced_pod_eviction(name, namespace, body)
+            self.core.create_namespaced_pod_eviction(name, namespace, body, _request_timeout=TIMEOUT)
         except ApiException as e:
             if e.status == 404:
                 return
@@ -82,13 +86,14 @@ class Cluster:
 
     def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object_status(
-            wk.GROUP, wk.VERSION, namespace, wk.PLURAL, name, {"status": status}
+            wk.GROUP, wk.VERSION, namespace, wk.PLURAL, name, {"status": status}, _request_timeout=TIMEOUT
         )
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
             self.custom.delete_namespaced_custom_object(
-                wk.GROUP, wk.VERSION, namespace, wk.PLURAL, name, propagation_policy="Background"
+                wk.GROUP, wk.VERSION, namespace, wk.PLURAL, name, propagation_policy="Background",
+                _request_timeout=TIMEOUT,
             )
         except ApiException as e:
             if e.status != 404:
@@ -96,7 +101,7 @@ class Cluster:
 
     def annotate_node(self, node: str, annotations: dict[str, str | None]) -> None:
         try:
-            self.core.patch_node(node, {"metadata": {"annotations": annotations}})
+            self.core.patch_node(node, {"metadata": {"annotations": annotations}}, _request_timeout=TIMEOUT)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -114,7 +119,7 @@ class Cluster:
             first_timestamp=_now(), last_timestamp=_now(), count=1,
         )
         try:
-            self.core.create_namespaced_event(meta["namespace"], body)
+            self.core.create_namespaced_event(meta["namespace"], body, _request_timeout=TIMEOUT)
         except ApiException as e:
             log.warning("could not post event %s: %s", reason, e.reason)
 

@@ -53,7 +53,7 @@ def _configure_logging(level: str) -> None:
 
 def _serve_health(port: int, ready: threading.Event) -> None:
     class Health(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:
             ok = self.path == "/healthz" or (self.path == "/readyz" and ready.is_set())
             self.send_response(200 if ok else 503)
             self.end_headers()
@@ -87,6 +87,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
+    # Reconciles run their blocking API calls in threads; one job must not queue behind fifty others.
+    settings.execution.max_workers = 64
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         ready.set()  # a standby replica is healthy and ready; it just does not act
         elector.acquire()
         elector.keep()
-    jobs.RUNTIME = jobs.Runtime(Cluster(api_client), resync_seconds=args.resync)
+    expected_nodes = len(client.CoreV1Api(api_client).list_node(_request_timeout=(5, 60)).items)
+    jobs.RUNTIME = jobs.Runtime(Cluster(api_client), resync_seconds=args.resync, expected_nodes=expected_nodes)
     stop = threading.Event()
     if args.aws_queue_url:
         from spotrain_operator.awsqueue import start_queue_consumer

@@ -41,6 +41,7 @@ class Runtime:
     cluster: Cluster
     trainers: TrainerClient = field(default_factory=lambda: TrainerClient(CONTROL_PORT))
     resync_seconds: float = 10.0
+    expected_nodes: int = 0  # Nodes listed at start-up: placement waits until the node index holds them
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     last_trainer_poll: dict[tuple[str, str], float] = field(default_factory=dict)
 
@@ -107,6 +108,11 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
     namespace = namespace or ""
     key = (namespace, name)
     wakeup = rt.wakeups.setdefault(key, asyncio.Event())
+    # Like controller-runtime's cache sync: placing workers from a half-filled node index would crowd them into
+    # the nodes listed first. Nodes deleted meanwhile make the count unreachable, hence the time limit.
+    warm_until = time.monotonic() + 60
+    while len(nodes_by_name) < rt.expected_nodes and time.monotonic() < warm_until and not stopped:
+        await asyncio.sleep(0.2)
     try:
         while not stopped:
             wakeup.clear()
