@@ -159,7 +159,9 @@ class NodeSimulator:
 
 
 def _is_ready(node: client.V1Node) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+    """Ready, and settled: the node lifecycle controller has also lifted its not-ready taint."""
+    ready = any(c.type == "Ready" and c.status == "True" for c in (node.status.conditions or []))
+    return ready and not any(t.key == wk.NODE_NOT_READY for t in node.spec.taints or [])
 
 
 def _capacity_type(labels: dict[str, str]) -> str:
