@@ -1,0 +1,77 @@
+# spotrain's two images, from one build context:
+#
+#   docker build --target operator -t spotrain-operator .
+#       spotrain-operator (the entrypoint) and spotrain-agent: pip extra `operator` (kopf, kubernetes,
+#       prometheus-client, boto3), no torch.
+#   docker build --target trainer -t spotrain-trainer [--build-arg TORCH_INDEX_URL=...] .
+#       spotrain-launch (the entrypoint; it execs torchrun, so torchrun is PID 1 and receives SIGTERM):
+#       pip extra `trainer` (torch, boto3, prometheus-client), no kopf. The container's args are the training
+#       script and its arguments. TORCH_INDEX_URL picks torch's wheel index, e.g.
+#       https://download.pytorch.org/whl/cpu (CPU only, small) or https://download.pytorch.org/whl/cu128;
+#       empty (the default) takes PyPI's wheel, which brings the CUDA libraries.
+#
+# pip runs in the build stages only, from outside the virtual environments it fills (`pip --python`): the
+# final images hold a venv without pip, no wheel, no pip cache and no compiler or other build tool, and both
+# run as the unprivileged user 65532.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+
+FROM ${PYTHON_IMAGE} AS python-base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+# -- the spotrain wheel (pure Python: spotrain_operator and spotrain_trainer) -------------------------------
+FROM python-base AS wheel
+WORKDIR /src
+COPY pyproject.toml ./
+COPY operator/ operator/
+COPY trainer/ trainer/
+RUN python -m pip wheel --no-deps --wheel-dir /wheels .
+
+# -- one virtual environment per image; pip stays outside them (pip --python installs into the venv) --------
+FROM python-base AS operator-venv
+COPY --from=wheel /wheels /wheels
+RUN python -m venv --without-pip /opt/venv \
+ && python -m pip --python /opt/venv/bin/python install "$(ls /wheels/spotrain-*.whl)[operator]"
+
+FROM python-base AS trainer-venv
+# Where torch comes from; TORCH_SPEC must stay the trainer extra's torch requirement in pyproject.toml
+# (tests/unit/test_packaging.py checks that it does).
+ARG TORCH_INDEX_URL=""
+ARG TORCH_SPEC="torch==2.13.*"
+COPY --from=wheel /wheels /wheels
+RUN python -m venv --without-pip /opt/venv \
+ && if [ -n "$TORCH_INDEX_URL" ]; then \
+      python -m pip --python /opt/venv/bin/python install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"; \
+    fi \
+ && python -m pip --python /opt/venv/bin/python install "$(ls /wheels/spotrain-*.whl)[trainer]"
+
+# -- what both final images share: the user, the environment ------------------------------------------------
+FROM python-base AS runtime
+RUN groupadd --system --gid 65532 spotrain \
+ && useradd --system --uid 65532 --gid 65532 --home-dir /home/spotrain --create-home \
+      --shell /usr/sbin/nologin spotrain
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    HOME=/home/spotrain
+LABEL org.opencontainers.image.title="spotrain" \
+      org.opencontainers.image.description="Elastic PyTorch training on spot node pools" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# -- the trainer image --------------------------------------------------------------------------------------
+FROM runtime AS trainer
+COPY --from=trainer-venv /opt/venv /opt/venv
+RUN install -d -o 65532 -g 65532 /workspace
+WORKDIR /workspace
+USER 65532:65532
+ENTRYPOINT ["spotrain-launch"]
+
+# -- the operator image (also runs spotrain-agent); last, so a plain `docker build .` builds it -------------
+FROM runtime AS operator
+COPY --from=operator-venv /opt/venv /opt/venv
+WORKDIR /home/spotrain
+USER 65532:65532
+ENTRYPOINT ["spotrain-operator"]
