@@ -17,6 +17,8 @@ AWS_NOTICE = datetime.timedelta(seconds=120)
 GCP_NOTICE = datetime.timedelta(seconds=30)
 AZURE_NOTICE = datetime.timedelta(seconds=30)
 UNKNOWN_NOTICE = datetime.timedelta(seconds=30)
+# Scheduled maintenance can be announced days ahead; such a notice is acted on once it is this close.
+ACT_WITHIN = datetime.timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def node_notice(node: NodeView, now: datetime.datetime, sources: Iterable[str],
     for detect in _NODE_DETECTORS:
         notice = detect(node, now)
         if notice and notice.source in enabled and (proactive_on_rebalance or not notice.early_warning):
-            return notice
+            return notice if notice.deadline - now <= ACT_WITHIN else None
     return None
 
 

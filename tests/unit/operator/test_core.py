@@ -168,6 +168,14 @@ def test_deadlines_come_from_the_signal_when_it_has_one() -> None:
     assert node_notice(gke, NOW, ALL_SOURCES, False).deadline == NOW + datetime.timedelta(seconds=30)  # type: ignore[union-attr]
 
 
+def test_far_away_maintenance_waits_until_it_is_near() -> None:
+    days = NOW + datetime.timedelta(days=2)
+    scheduled = node("n", "spot-cpu", "a", taints=(Taint(wk.AGENT_INTERRUPTION_TAINT, "aws-scheduled", "NoSchedule"),),
+                     annotations={wk.AGENT_DEADLINE_ANNOTATION: days.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    assert node_notice(scheduled, NOW, ALL_SOURCES, False) is None
+    assert node_notice(scheduled, days - datetime.timedelta(minutes=5), ALL_SOURCES, False) is not None
+
+
 def test_pod_disruption_target_is_a_notice() -> None:
     evicted = worker("w", "spot-cpu", "a", "n", disruption_reason="EvictionByEvictionAPI")
     assert pod_notice(evicted, NOW, ALL_SOURCES).source == "podDisruption"  # type: ignore[union-attr]
