@@ -293,7 +293,7 @@ class DevCluster:
             f"{len(names)} nodes Ready",
             lambda: simulator.ready_count(names) == len(names),
             self.processes,
-            120,
+            120 + len(names),  # the node lifecycle controller lifts not-ready taints at its own pace
             interval=0.5,
         )
 
