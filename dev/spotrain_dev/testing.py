@@ -154,14 +154,18 @@ class FakeTrainerEndpoints:
     """Stand-ins for the workers' control endpoints, bound on the KWOK pod IPs (loopback), for operator tests
     and benchmarks that need the checkpoint protocol but not torch: a POSTed request becomes durable after
     ``delay`` seconds. Pods listed in ``unreachable`` get no endpoint at all. ``source`` is a Harness (its
-    namespace's workers) or any callable listing worker pods."""
+    namespace's workers) or any callable listing worker pods. ``serving`` names the pods with an endpoint;
+    ``requests`` holds what each pod was asked."""
 
     def __init__(self, source: Harness | Callable[[], list[client.V1Pod]], delay: float = 0.0, port: int = 8470):
         self.list_pods = source.pods if isinstance(source, Harness) else source
         self.delay, self.port = delay, port
         self.unreachable: set[str] = set()
         self.requests: dict[str, list[dict[str, Any]]] = {}
-        self._servers: dict[str, Any] = {}
+        self.serving: set[str] = set()
+        self.errors: list[str] = []  # endpoints that could not be bound
+        self._pod_at: dict[str, str] = {}  # IP -> the pod that has it now (KWOK reuses IPs)
+        self._servers: dict[str, ThreadingHTTPServer] = {}  # by IP
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -178,24 +182,38 @@ class FakeTrainerEndpoints:
 
     def _watch(self) -> None:
         while not self._stop.wait(0.2):
-            for pod in self.list_pods():
+            try:
+                pods = self.list_pods()
+            except Exception:  # the API server may be busy or going away; try again next round
+                continue
+            for pod in pods:
                 name, ip = pod.metadata.name, pod.status.pod_ip
-                if ip and pod.status.phase == "Running" and name not in self._servers and name not in self.unreachable:
-                    self._servers[name] = self._serve(name, ip)
+                if not ip or pod.status.phase != "Running" or name in self.unreachable or name in self.serving:
+                    continue
+                self._pod_at[ip] = name
+                if ip not in self._servers:
+                    try:
+                        self._servers[ip] = self._serve(ip)
+                    except OSError as e:
+                        self.errors.append(f"{name} at {ip}: {e}")
+                        continue
+                self.serving.add(name)
 
-    def _serve(self, pod: str, ip: str) -> Any:
+    def _serve(self, ip: str) -> ThreadingHTTPServer:
         fake = self
-        received: list[dict[str, Any]] = self.requests.setdefault(pod, [])
 
         class Handler(BaseHTTPRequestHandler):
+            def received(self) -> list[dict[str, Any]]:
+                return fake.requests.setdefault(fake._pod_at[ip], [])
+
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                received.append({**body, "at": time.monotonic()})
+                self.received().append({**body, "at": time.monotonic()})
                 self.send_response(202)
                 self.end_headers()
 
             def do_GET(self) -> None:
-                last = None
+                received, last = self.received(), None
                 if received and time.monotonic() - received[-1]["at"] >= fake.delay:
                     last = {"step": 100, "uri": "s3://fake/step-100", "time": "2026-01-01T00:00:00Z",
                             "request_id": received[-1]["id"]}

@@ -32,6 +32,7 @@ from spotrain_operator.trainer_client import TrainerClient
 log = logging.getLogger("spotrain.jobs")
 REPORTER = "spotrain-operator"
 TRAINER_POLL_SECONDS = 30.0
+DRAIN_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -117,14 +118,13 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
         while not stopped:
             wakeup.clear()
             try:
-                again = await reconcile(rt, namespace, name, nodes_by_name)
+                draining = await reconcile(rt, namespace, name, nodes_by_name)
             except Exception:
                 log.exception("reconcile of %s/%s failed; retrying", namespace, name)
-                again = False
-            if again:
-                continue
+                draining = False
+            # A drain waits on the workers' checkpoint, which no Kubernetes event announces: poll it closely.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), timeout=rt.resync_seconds)
+                await asyncio.wait_for(wakeup.wait(), timeout=DRAIN_POLL_SECONDS if draining else rt.resync_seconds)
     finally:
         rt.wakeups.pop(key, None)
         rt.last_trainer_poll.pop(key, None)
@@ -136,8 +136,7 @@ def _nodes(index: kopf.Index[str, NodeView]) -> dict[str, NodeView]:
 
 
 async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.Index[str, NodeView]) -> bool:
-    """One level-triggered pass. Returns True when the job should be looked at again at once (a drain is
-    waiting on its checkpoint)."""
+    """One level-triggered pass. Returns True while a drain waits on its checkpoint."""
     started = time.perf_counter()
     job = await asyncio.to_thread(rt.cluster.get_job, namespace, name)
     if job is None or job["metadata"].get("deletionTimestamp"):
@@ -165,7 +164,7 @@ async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.In
     await apply(rt, job, decision, observed)
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     _export(observed, decision.status)
-    return False
+    return any(not d.get("evicted") for d in (decision.status.get("drains") or {}).values())
 
 
 async def _probe_trainers(rt: Runtime, key: tuple[str, str], status: JobStatus,

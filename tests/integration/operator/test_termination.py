@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from typing import Any
 
 import pytest
 from kubernetes.client.rest import ApiException
@@ -16,7 +17,7 @@ from spotrain_dev.testing import ZONES, FakeTrainerEndpoints, Harness, wait_for
 from spotrain_operator import wellknown as wk
 
 
-def _start(harness: Harness, workers: int = 2, spare_zone: str = "us-east-1c", **spec: object) -> list[str]:
+def _start(harness: Harness, workers: int = 2, spare_zone: str = "us-east-1c", **spec: Any) -> list[str]:
     """A job of ``workers`` workers in zones a, b(, ...), one spare spot node for the replacement, and the
     operator; returns the worker nodes."""
     nodes = [harness.add_node("spot-cpu", ZONES[i % 2]) for i in range(workers)]
@@ -57,7 +58,7 @@ def test_notice_checkpoints_drains_and_replaces(harness: Harness, signal: str) -
         nodes = _start(harness)
         doomed_node = nodes[0]
         doomed = _worker_on(harness, doomed_node)
-        wait_for("endpoints up", lambda: len(trainers._servers) == 2)
+        wait_for("endpoints up", lambda: len(trainers.serving) == 2)
         harness.nodes.signal(doomed_node, signal, lead_seconds=120)
 
         status = wait_for("drain recorded", lambda: (s := harness.status()).get("drains") and s)
@@ -90,8 +91,8 @@ def test_dead_node_is_a_preemption_and_is_replaced(harness: Harness, signal: str
 def test_duplicate_and_flapping_signals_cause_one_drain(harness: Harness) -> None:
     with FakeTrainerEndpoints(harness, delay=3.0) as trainers:
         nodes = _start(harness)
-        wait_for("endpoints up", lambda: len(trainers._servers) == 2)
-        original = set(trainers._servers)
+        wait_for("endpoints up", lambda: len(trainers.serving) == 2)
+        original = set(trainers.serving)
         harness.nodes.signal(nodes[0], "karpenter")
         harness.nodes.signal(nodes[0], "nth-spot-itn")
         wait_for("request sent", lambda: any(trainers.requests.values()))
@@ -138,7 +139,7 @@ def test_a_zone_burst_is_one_checkpoint_and_one_rescale(harness: Harness) -> Non
         harness.start_operator()
         harness.create_job(manifest)
         wait_for("3 workers", lambda: harness.status().get("readyWorkers") == 3)
-        wait_for("endpoints up", lambda: len(trainers._servers) == 3)
+        wait_for("endpoints up", lambda: len(trainers.serving) == 3)
         for node in nodes[:2]:  # zone a goes at once
             harness.nodes.signal(node, "nth-spot-itn")
         wait_for("both drained", lambda: (s := harness.status()).get("preemptions") == 2 and s)
@@ -153,7 +154,7 @@ def test_operator_restarted_mid_drain_finishes_it_once(harness: Harness) -> None
     with FakeTrainerEndpoints(harness, delay=8.0) as trainers:
         nodes = _start(harness)
         doomed = _worker_on(harness, nodes[0])
-        wait_for("endpoints up", lambda: len(trainers._servers) == 2)
+        wait_for("endpoints up", lambda: len(trainers.serving) == 2)
         harness.nodes.signal(nodes[0], "karpenter")
         wait_for("request sent", lambda: trainers.requests.get(doomed))
         harness.kill(harness.operators[0])
