@@ -1,0 +1,76 @@
+"""SIGKILL of a whole node, no notice: the survivor resumes from the newest regular checkpoint; the steps lost
+are at most one checkpoint interval."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from spotrain_trainer.checkpoint.storage import LocalStorage
+from spotrain_trainer.testing import LocalJob, ProcessSet, pid_alive, wait_for
+
+STEPS = 26
+EVERY = 5  # regular checkpoints every 5 steps (SPOTRAIN_CHECKPOINT_EVERY_STEPS)
+HOLD_AT = 13  # both ranks hold before step 13 until the test says go: the kill lands at a known step
+
+
+@pytest.mark.timeout(420)
+def test_sigkill_without_notice_resumes_from_last_regular_checkpoint(
+    procs: ProcessSet, tmp_path: Path, store_port: int, example: list[str]
+) -> None:
+    ckpt = tmp_path / "shared-volume" / "tiny"
+    hold = tmp_path / "hold"
+    hold.touch()
+    job = LocalJob(
+        procs,
+        tmp_path / "job",
+        store_port=store_port,
+        checkpoint_uri=f"file://{ckpt}",
+        script=[*example, "--steps", str(STEPS), "--hold-at-step", str(HOLD_AT), "--hold-file", str(hold)],
+        env={"SPOTRAIN_CHECKPOINT_EVERY_STEPS": str(EVERY), "TINY_STEP_SLEEP": "0.1"},
+    )
+    storage = LocalStorage(ckpt)
+    a = job.start_pod("pod-a")
+    b = job.start_pod("pod-b")
+    try:
+        holds = wait_for(lambda: job.events("hold"), 240, f"both ranks holding at step {HOLD_AT}")
+        assert holds[0]["world_size"] == 2, "both pods were in the job when it reached the hold"
+        # The regular (asynchronous) checkpoint due at step 10 commits in the background meanwhile. (It is
+        # taken at step 10 unless the previous one was still in flight then; then at the next boundary.)
+        wait_for(lambda: max(storage.committed_steps(), default=0) >= 10, 120, "the checkpoint due at 10 committed")
+        done_before_kill = max(r["step"] for r in job.losses()) + 1
+        assert done_before_kill == HOLD_AT
+
+        killed = job.kill_pod(b, signal.SIGKILL)  # the agent, its worker and its control server
+        wait_for(lambda: not any(pid_alive(p) for p in killed), 30, "pod-b's processes gone")
+        newest_at_kill = max(storage.committed_steps())
+        records_before_kill = len(job.records())
+        hold.unlink()
+
+        assert a.proc is not None
+        assert a.proc.wait(timeout=300) == 0
+    except BaseException:
+        print(job.logs())
+        raise
+
+    assert 10 <= newest_at_kill <= HOLD_AT
+    resumed = [e for e in job.events("start") if e["world_size"] == 1]
+    assert resumed, job.events()
+    resumed_at = resumed[-1]["step"]
+    assert resumed_at == newest_at_kill, "resumed from the newest committed checkpoint"
+    lost = done_before_kill - resumed_at
+    assert 0 <= lost <= EVERY, f"{lost} steps lost, more than one interval ({EVERY})"
+
+    losses = job.losses()
+    assert sorted({r["step"] for r in losses}) == list(range(STEPS)), "no step missing"
+    after_kill = [r for r in job.records()[records_before_kill:] if "loss" in r]
+    assert all(r["world_size"] == 1 for r in after_kill)
+    redone = sorted(r["step"] for r in after_kill if r["step"] < done_before_kill)
+    assert redone == list(range(resumed_at, done_before_kill)), "exactly the lost steps were run again"
+
+    status = a.status()
+    assert status is not None and status["completed"] is True
+    assert status["restart_count"] >= 1, "the lost node cost the survivor one worker-group restart"
+    assert status["restored_step"] == resumed_at

@@ -1,0 +1,347 @@
+"""The per-pod control endpoint (stdlib ``http.server``, threaded; no torch).
+
+It talks to the workers only through files in the per-pod state directory (``SPOTRAIN_STATE_DIR``), so it
+keeps answering while workers restart between rendezvous rounds:
+
+* ``POST /checkpoint`` ``{"id": "...", "reason": "...", "deadline": "<RFC3339>" | null}`` writes
+  ``request.json`` (atomically) and answers ``202 {"accepted": true, "id": ...}``; posting the same id again is
+  a no-op that answers the same. The local rank 0 worker sees the file at its next step, all ranks take a
+  coordinated checkpoint, and once it is durable the worker records ``handled_request_id`` and
+  ``last_checkpoint.request_id`` in ``status.json``.
+* ``GET /status`` the worker's ``status.json`` plus the pending request (``checkpoint_request``).
+* ``GET /metrics`` Prometheus text. ``GET /healthz`` ``ok``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from datetime import datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from .checkpoint.commit import utc_now_rfc3339
+from .config import env_int, env_str
+from .constants import DEFAULT_CONTROL_PORT, DEFAULT_STATE_DIR, PHASES, REQUEST_FILE, STATUS_FILE
+from .statefiles import atomic_write_json, read_json
+from .status import default_status
+
+log = logging.getLogger("spotrain_trainer.server")
+
+MAX_BODY = 64 * 1024
+
+
+class RequestError(ValueError):
+    pass
+
+
+def parse_checkpoint_request(body: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(body or b"null")
+    except ValueError as exc:
+        raise RequestError(f"body is not JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise RequestError("body must be a JSON object")
+    rid = obj.get("id")
+    if not isinstance(rid, str) or not rid.strip() or len(rid) > 256:
+        raise RequestError("id must be a non-empty string (at most 256 characters)")
+    reason = obj.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise RequestError("reason must be a string")
+    deadline = obj.get("deadline")
+    if deadline is not None:
+        if not isinstance(deadline, str):
+            raise RequestError("deadline must be an RFC3339 string or null")
+        try:
+            parsed = datetime.fromisoformat(deadline.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise RequestError(f"deadline {deadline!r} is not RFC3339") from exc
+        if parsed.tzinfo is None:
+            raise RequestError(f"deadline {deadline!r} has no time zone")
+    return {"id": rid, "reason": reason or "request", "deadline": deadline}
+
+
+class ControlState:
+    """Reads and writes the state directory on behalf of the HTTP handlers."""
+
+    def __init__(self, state_dir: Path, *, job: str, pod: str, namespace: str | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.job = job
+        self.pod = pod
+        self.namespace = namespace
+        self._lock = threading.Lock()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def request_path(self) -> Path:
+        return self.state_dir / REQUEST_FILE
+
+    @property
+    def status_path(self) -> Path:
+        return self.state_dir / STATUS_FILE
+
+    def submit(self, req: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            worker = read_json(self.status_path) or {}
+            if worker.get("handled_request_id") == req["id"]:
+                return {"accepted": True, "id": req["id"], "handled": True}
+            existing = read_json(self.request_path)
+            if existing and existing.get("id") == req["id"]:
+                return {"accepted": True, "id": req["id"], "duplicate": True}
+            record = dict(req)
+            record["received_at"] = utc_now_rfc3339()
+            atomic_write_json(self.request_path, record)
+            log.warning(
+                "checkpoint request %s accepted (reason %s, deadline %s)", req["id"], req["reason"], req["deadline"]
+            )
+            return {"accepted": True, "id": req["id"]}
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        out = default_status(self.job, self.pod)
+        worker = read_json(self.status_path)
+        if worker:
+            out.update(worker)
+        out["job"] = self.job
+        out["pod"] = self.pod
+        out["namespace"] = self.namespace
+        if out.get("phase") not in PHASES:
+            out["phase"] = "starting"
+        req = read_json(self.request_path)
+        handled = out.get("handled_request_id")
+        if req and isinstance(req.get("id"), str) and req["id"] != handled:
+            out["checkpoint_request"] = {
+                "id": req["id"],
+                "reason": req.get("reason"),
+                "deadline": req.get("deadline"),
+                "received_at": req.get("received_at"),
+            }
+        else:
+            out["checkpoint_request"] = None
+        last = out.get("last_checkpoint")
+        if isinstance(last, dict) and last.get("unix_time"):
+            out["last_checkpoint_age_seconds"] = round(max(0.0, now - float(last["unix_time"])), 3)
+        else:
+            out["last_checkpoint_age_seconds"] = None
+        updated = out.get("updated_unix")
+        out["status_age_seconds"] = None if not updated else round(max(0.0, now - float(updated)), 3)
+        out["server_time"] = utc_now_rfc3339(now)
+        return out
+
+    def metrics(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        status = self.status()
+        labels = ["job", "pod"]
+        lv = [self.job, self.pod]
+
+        def num(value: Any) -> float | None:
+            if isinstance(value, bool):
+                return 1.0 if value else 0.0
+            if isinstance(value, int | float):
+                return float(value)
+            return None
+
+        class Collector:
+            def collect(self) -> Any:
+                def gauge(name: str, doc: str, value: Any) -> GaugeMetricFamily | None:
+                    v = num(value)
+                    if v is None:
+                        return None
+                    g = GaugeMetricFamily(f"spotrain_trainer_{name}", doc, labels=labels)
+                    g.add_metric(lv, v)
+                    return g
+
+                last = status.get("last_checkpoint") or {}
+                gauges = [
+                    gauge("step", "Steps completed (the step the worker is at).", status.get("step")),
+                    gauge("steps_per_second", "Training throughput (EWMA).", status.get("steps_per_second")),
+                    gauge("world_size", "Number of ranks in the current rendezvous round.", status.get("world_size")),
+                    gauge("restart_count", "Worker group restarts of this pod's agent.", status.get("restart_count")),
+                    gauge("last_checkpoint_step", "Step of the newest durable checkpoint.", last.get("step")),
+                    gauge(
+                        "last_checkpoint_age_seconds",
+                        "Seconds since the newest durable checkpoint was committed.",
+                        status.get("last_checkpoint_age_seconds"),
+                    ),
+                    gauge(
+                        "last_checkpoint_duration_seconds",
+                        "Start-to-durable time of the newest checkpoint.",
+                        last.get("duration_seconds"),
+                    ),
+                    gauge("last_checkpoint_bytes", "Size of the newest checkpoint.", last.get("bytes")),
+                    gauge(
+                        "last_checkpoint_stall_seconds",
+                        "Training stall caused by the newest checkpoint.",
+                        last.get("stall_seconds"),
+                    ),
+                    gauge(
+                        "checkpoint_interval_seconds",
+                        "Current interval between regular checkpoints.",
+                        status.get("checkpoint_interval_seconds"),
+                    ),
+                    gauge(
+                        "checkpoint_request_pending",
+                        "1 while a checkpoint request has not been handled.",
+                        status.get("checkpoint_request") is not None,
+                    ),
+                    gauge("completed", "1 once the job completed.", bool(status.get("completed"))),
+                    gauge("status_age_seconds", "Age of the worker's status file.", status.get("status_age_seconds")),
+                ]
+                yield from (g for g in gauges if g is not None)
+                phase = GaugeMetricFamily(
+                    "spotrain_trainer_phase", "Current phase (1 for the active one).", labels=[*labels, "phase"]
+                )
+                for p in PHASES:
+                    phase.add_metric([*lv, p], 1.0 if status.get("phase") == p else 0.0)
+                yield phase
+                totals = status.get("checkpoints_total") or {}
+                c = CounterMetricFamily(
+                    "spotrain_trainer_checkpoints", "Durable checkpoints by kind.", labels=[*labels, "kind"]
+                )
+                for kind in sorted(set(totals) | {"regular", "notice", "final"}):
+                    c.add_metric([*lv, kind], float(totals.get(kind, 0)))
+                yield c
+                f = CounterMetricFamily("spotrain_trainer_checkpoint_failures", "Failed checkpoints.", labels=labels)
+                f.add_metric(lv, float(status.get("checkpoint_failures_total") or 0))
+                yield f
+                s = CounterMetricFamily(
+                    "spotrain_trainer_checkpoint_stall_seconds", "Total training stall for checkpoints.", labels=labels
+                )
+                s.add_metric(lv, float(status.get("stall_seconds_total") or 0.0))
+                yield s
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Collector())
+        return generate_latest(registry)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ControlHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, code: int, obj: Any) -> None:
+        self._send(code, (json.dumps(obj, sort_keys=True) + "\n").encode(), "application/json")
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        state = self.server.state
+        try:
+            if path == "/status":
+                self._json(HTTPStatus.OK, state.status())
+            elif path == "/metrics":
+                from prometheus_client import CONTENT_TYPE_LATEST
+
+                self._send(HTTPStatus.OK, state.metrics(), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/readyz"):
+                self._send(HTTPStatus.OK, b"ok\n", "text/plain")
+            else:
+                self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path {path}"})
+        except Exception as exc:  # never take the server down
+            log.exception("GET %s failed", path)
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path != "/checkpoint":
+            self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path {path}"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
+            return
+        if length > MAX_BODY:
+            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
+            self.close_connection = True
+            return
+        body = self.rfile.read(length) if length else b""
+        try:
+            req = parse_checkpoint_request(body)
+        except RequestError as exc:
+            self._json(HTTPStatus.BAD_REQUEST, {"accepted": False, "error": str(exc)})
+            return
+        try:
+            result = self.server.state.submit(req)
+        except OSError as exc:
+            log.exception("could not record checkpoint request")
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"accepted": False, "error": str(exc)})
+            return
+        self._json(HTTPStatus.ACCEPTED, result)
+
+
+class ControlHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], state: ControlState) -> None:
+        self.state = state
+        super().__init__(address, _Handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+def serve(state: ControlState, host: str, port: int) -> ControlHTTPServer:
+    """Bind and serve in a background thread (for tests and embedding). Call ``shutdown()`` to stop."""
+    server = ControlHTTPServer((host, port), state)
+    threading.Thread(target=server.serve_forever, name="spotrain-control", daemon=True).start()
+    return server
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=os.environ.get("SPOTRAIN_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s [control] %(name)s: %(message)s",
+    )
+    env = os.environ
+    state = ControlState(
+        Path(env_str(env, "SPOTRAIN_STATE_DIR", DEFAULT_STATE_DIR)),
+        job=env_str(env, "SPOTRAIN_JOB_NAME", "local"),
+        pod=env_str(env, "POD_NAME", os.uname().nodename),
+        namespace=env.get("SPOTRAIN_NAMESPACE"),
+    )
+    host = env_str(env, "SPOTRAIN_CONTROL_BIND", "0.0.0.0")
+    port = env_int(env, "SPOTRAIN_CONTROL_PORT", DEFAULT_CONTROL_PORT, minimum=0)
+    server = ControlHTTPServer((host, port), state)
+    log.info("control server on %s:%d, state in %s", host, server.port, state.state_dir)
+
+    def stop(signum: int, frame: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    launch_pid = env.get("SPOTRAIN_LAUNCH_PID")
+    if launch_pid and launch_pid.isdigit() and os.getppid() != int(launch_pid):
+        log.warning("launcher %s is gone; exiting", launch_pid)
+        return 0
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
