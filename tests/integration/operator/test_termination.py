@@ -174,3 +174,19 @@ def test_rebalance_is_acted_on_only_when_asked(harness: Harness) -> None:
         assert not any(trainers.requests.values())
         harness.patch_job("job", {"spec": {"termination": {"proactiveOnRebalance": True}}})
         wait_for("proactive drain", lambda: harness.status().get("preemptions") == 1)
+
+
+@pytest.mark.parametrize("reason", ["EvictionByEvictionAPI", "DeletionByTaintManager", "PreemptionByScheduler"])
+def test_pod_disruption_target_is_a_notice(harness: Harness, reason: str) -> None:
+    with FakeTrainerEndpoints(harness, delay=1.0) as trainers:
+        nodes = _start(harness)
+        doomed = _worker_on(harness, nodes[0])
+        wait_for("endpoints up", lambda: len(trainers.serving) == 2)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # What the API server writes on a pod that is about to be evicted, preempted or taint-deleted.
+        harness.core.patch_namespaced_pod_status(doomed, harness.namespace, {"status": {"conditions": [
+            {"type": "DisruptionTarget", "status": "True", "reason": reason, "lastTransitionTime": now}]}})
+        wait_for("checkpoint requested", lambda: trainers.requests.get(doomed))
+        wait_for("doomed worker gone", lambda: _gone(harness, doomed))
+        status = wait_for("replacement running", lambda: (s := harness.status()).get("readyWorkers") == 2 and s)
+        assert status["preemptions"] == 1 and status["failures"] == 0
