@@ -576,13 +576,22 @@ class Session:
         if mine is not None:
             self.notice.mark_handled(mine[0])
             self.status.update(handled_request_id=mine[0])
+        sigterm = any(g[1] for g in gathered)
         self.status.update(
             last_checkpoint=self._status_record(record, request_id),
             last_checkpoint_error=None,
             checkpoint_in_flight_step=None,
-            phase="starting",
+            phase="starting" if sigterm else "training",
         )
         self.status.flush(force=True)
+        if not sigterm:
+            # The operator asked, nobody is being stopped yet: the state is durable, so keep training. The operator
+            # evicts the doomed pods next; their SIGTERM brings every rank back here for a quick second checkpoint
+            # (usually nothing new to write) and only then do all ranks exit, while the doomed agents are already
+            # shutting down. Exiting now instead would restart every agent, the doomed ones too, and a doomed agent
+            # that rejoined the next rendezvous round before its eviction would stall the survivors.
+            log.warning("checkpoint on notice durable at step %d; training on until the eviction", self.step)
+            return
         log.warning("checkpoint on notice durable at step %d; exiting %d", self.step, EXIT_CHECKPOINTED_ON_NOTICE)
         raise CheckpointedOnNotice(self.step, request_id)
 

@@ -1,6 +1,6 @@
-"""POST /checkpoint to one pod's control server: every rank checkpoints at the same step, the status reports
-the request id once the checkpoint is durable, the workers exit non-zero, and the agents re-rendezvous and
-resume from that step."""
+"""POST /checkpoint to one pod's control server: every rank checkpoints at the same step and the status reports
+the request id once the checkpoint is durable. With no SIGTERM anywhere (the operator's eviction comes next) the
+ranks train on in the same rendezvous round; the SIGTERM that follows is covered by test_trainer_sigterm."""
 
 from __future__ import annotations
 
@@ -73,12 +73,6 @@ def test_checkpoint_request_is_coordinated_reported_and_resumed(
         assert code == 200 and isinstance(metrics, str)
         assert f'spotrain_trainer_last_checkpoint_step{{job="tiny",pod="pod-b"}} {float(step)}' in metrics
 
-        # Both agents restart their workers and the job resumes at world size 2 from that step.
-        wait_for(
-            lambda: [e for e in job.events("start") if e["step"] == step and e["restart"] >= 1],
-            240,
-            "workers resumed after the coordinated checkpoint",
-        )
         code, body = b.post_checkpoint(request_id)
         assert code == 202 and body.get("handled") is True, "a handled request is not taken again"
         assert a.proc is not None and b.proc is not None
@@ -89,7 +83,7 @@ def test_checkpoint_request_is_coordinated_reported_and_resumed(
         raise
 
     for pod in (a, b):
-        assert f"exitcode: {EXIT_CHECKPOINTED_ON_NOTICE}" in procs.log_text(pod.name), "workers exited 75"
+        assert f"exitcode: {EXIT_CHECKPOINTED_ON_NOTICE}" not in procs.log_text(pod.name), "no restart was needed"
         final = pod.status()
         assert final is not None and final["completed"] is True
         assert final["checkpoints_total"]["notice"] == 1
@@ -97,5 +91,4 @@ def test_checkpoint_request_is_coordinated_reported_and_resumed(
     losses = job.losses()
     assert sorted(r["step"] for r in losses) == list(range(STEPS))
     assert all(r["world_size"] == 2 for r in losses)
-    assert {r["restart"] for r in losses if r["step"] >= step} == {1}
-    assert {r["restart"] for r in losses if r["step"] < step} == {0}
+    assert {r["restart"] for r in losses} == {0}, "the ranks trained on in the same round"
