@@ -63,14 +63,16 @@ def build_launch(
         raise ConfigError(f"SPOTRAIN_MIN_NODES={min_nodes} is above SPOTRAIN_MAX_NODES={max_nodes}")
     nproc = env_int(env, "SPOTRAIN_NPROC_PER_NODE", 1, minimum=1)
     max_restarts = env_int(env, "SPOTRAIN_MAX_RESTARTS", DEFAULT_MAX_RESTARTS, minimum=0)
-    conf = ["is_host=false"]
+    # last_call_timeout: once min nodes are in, torch waits this long for more (default 30 s). After a preemption
+    # the survivors would idle that long; spotrain batches joins in the operator instead, so 5 s is enough.
+    conf = {"is_host": "false", "last_call_timeout": "5"}
     extra = env.get("SPOTRAIN_RDZV_CONF_EXTRA", "").strip().strip(",")
     if extra:
         for item in extra.split(","):
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
                 raise ConfigError(f"SPOTRAIN_RDZV_CONF_EXTRA entry {item!r} is not key=value")
-            conf.append(f"{key.strip()}={value.strip()}")
+            conf[key.strip()] = value.strip()
 
     argv = [
         py,
@@ -82,7 +84,7 @@ def build_launch(
         "--rdzv-backend=c10d",
         f"--rdzv-endpoint={endpoint}",
         f"--rdzv-id={rdzv_id}",
-        f"--rdzv-conf={','.join(conf)}",
+        f"--rdzv-conf={','.join(f'{k}={v}' for k, v in conf.items())}",
     ]
     pod_ip = (env.get("POD_IP") or "").strip()
     if pod_ip:
