@@ -7,11 +7,14 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client, config
 
 from spotrain_dev.cluster import DevCluster
+from spotrain_dev.nodes import NodeSimulator
+from spotrain_dev.testing import Harness
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +48,14 @@ def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterato
         time.sleep(0.2)
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def harness(devcluster: DevCluster, namespace: str, api_client: client.ApiClient,
+            tmp_path: Path) -> Iterator[Harness]:
+    """The operator tests' world: the test's namespace, KWOK nodes of its own, operator processes it starts."""
+    h = Harness(devcluster, namespace, api_client, NodeSimulator.from_kubeconfig(devcluster.kubeconfig), tmp_path)
+    try:
+        yield h
+    finally:
+        h.cleanup()

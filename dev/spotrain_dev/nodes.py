@@ -104,7 +104,7 @@ class NodeSimulator:
                     "pool": labels.get(topology.POOL_LABEL, ""),
                     "zone": labels.get(wk.ZONE, ""),
                     "instance-type": labels.get(wk.INSTANCE_TYPE, ""),
-                    "capacity": _capacity_type(labels),
+                    "capacity": capacity_type(labels),
                     "ready": "Ready" if _is_ready(node) else "NotReady",
                     "taints": ",".join(t.key for t in node.spec.taints or []),
                 }
@@ -164,7 +164,8 @@ def _is_ready(node: client.V1Node) -> bool:
     return ready and not any(t.key == wk.NODE_NOT_READY for t in node.spec.taints or [])
 
 
-def _capacity_type(labels: dict[str, str]) -> str:
+def capacity_type(labels: dict[str, str]) -> str:
+    """spot or on-demand, by whichever cloud's labels the node carries."""
     if labels.get(wk.KARPENTER_CAPACITY_TYPE):
         return labels[wk.KARPENTER_CAPACITY_TYPE]
     if labels.get(wk.EKS_CAPACITY_TYPE):

@@ -1,5 +1,5 @@
-"""Fixtures of the end-to-end tests: a Harness per test (its own namespace, KWOK nodes and operator), a moto S3
-server, and the pod runner that runs the test's pods as real processes (torch on CPU)."""
+"""Fixtures of the end-to-end tests (the Harness comes from tests/conftest.py): a moto S3 server, and the pod
+runner that runs the test's pods as real processes (torch on CPU)."""
 
 from __future__ import annotations
 
@@ -7,24 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client
 
 from spotrain_dev.cluster import DevCluster
 from spotrain_dev.demo import start_moto
-from spotrain_dev.nodes import NodeSimulator
 from spotrain_dev.podrunner import PodRunner
 from spotrain_dev.processes import free_port
-from spotrain_dev.testing import Harness
-
-
-@pytest.fixture
-def harness(devcluster: DevCluster, namespace: str, api_client: client.ApiClient,
-            tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(devcluster, namespace, api_client, NodeSimulator.from_kubeconfig(devcluster.kubeconfig), tmp_path)
-    try:
-        yield h
-    finally:
-        h.cleanup()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from kubernetes import client
 
 from spotrain_dev import testbin
 from spotrain_dev.cluster import DevCluster
+from spotrain_dev.nodes import capacity_type
+from spotrain_dev.testing import wait_for
 from spotrain_operator import wellknown as wk
 
 REPO = Path(__file__).resolve().parents[2]
@@ -305,25 +306,7 @@ def tolerates(toleration: dict[str, Any], taint: client.V1Taint) -> bool:
 
 
 def is_spot(labels: dict[str, str]) -> bool:
-    """Spot by any cloud's convention, decided here from the well-known labels, not from the chart."""
-    return (
-        labels.get(wk.KARPENTER_CAPACITY_TYPE) == "spot"
-        or labels.get(wk.EKS_CAPACITY_TYPE) == "SPOT"
-        or labels.get(wk.GKE_SPOT) == "true"
-        or labels.get(wk.GKE_PREEMPTIBLE) == "true"
-        or labels.get(wk.AKS_PRIORITY) == "spot"
-    )
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+    return capacity_type(labels) == "spot"
 
 
 def can_i(cluster: DevCluster, subject: str, *args: str) -> bool:

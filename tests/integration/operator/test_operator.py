@@ -7,6 +7,7 @@ import collections
 import json
 import time
 import urllib.request
+from typing import Any
 
 from kubernetes.client.rest import ApiException
 
@@ -17,6 +18,26 @@ from spotrain_operator import wellknown as wk
 
 def _condition(status: dict, type_: str) -> dict:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def _two_workers_running(harness: Harness, **spec: Any) -> None:
+    nodes = [harness.add_node("spot-cpu", z) for z in ZONES[:2]]
+    stable = harness.add_node("on-demand", "us-east-1a")
+    harness.wait_nodes_ready([*nodes, stable])
+    harness.start_operator()
+    harness.create_job(harness.job_manifest(min_nodes=1, max_nodes=2, **spec))
+    wait_for("2 workers", lambda: harness.status().get("readyWorkers") == 2)
+
+
+def _container_exits(harness: Harness, pod: str, exit_code: int, message: str = "") -> None:
+    """What kubelet reports when the trainer's container exits (with its termination message)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "startedAt": now,
+                  "finishedAt": now, "message": message}
+    harness.core.patch_namespaced_pod_status(pod, harness.namespace, {"status": {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "containerStatuses": [{"name": "trainer", "image": "x", "ready": False, "restartCount": 0,
+                               "state": {"terminated": terminated}}]}})
 
 
 def test_job_comes_up_spread_over_zones(harness: Harness) -> None:
@@ -195,12 +216,7 @@ def test_invalid_updates_get_a_condition_not_a_crash(harness: Harness) -> None:
 
 
 def test_deleting_the_job_removes_everything_it_created(harness: Harness) -> None:
-    nodes = [harness.add_node("spot-cpu", z) for z in ZONES[:2]]
-    stable = harness.add_node("on-demand", "us-east-1a")
-    harness.wait_nodes_ready([*nodes, stable])
-    harness.start_operator()
-    harness.create_job(harness.job_manifest(min_nodes=1, max_nodes=2))
-    wait_for("2 workers", lambda: harness.status().get("readyWorkers") == 2)
+    _two_workers_running(harness)
 
     harness.custom.delete_namespaced_custom_object(wk.GROUP, wk.VERSION, harness.namespace, wk.PLURAL, "job")
 
@@ -218,12 +234,7 @@ def test_deleting_the_job_removes_everything_it_created(harness: Harness) -> Non
 
 
 def test_suspend_keeps_nothing_running_and_resume_starts_a_new_round(harness: Harness) -> None:
-    nodes = [harness.add_node("spot-cpu", z) for z in ZONES[:2]]
-    stable = harness.add_node("on-demand", "us-east-1a")
-    harness.wait_nodes_ready([*nodes, stable])
-    harness.start_operator()
-    harness.create_job(harness.job_manifest(min_nodes=1, max_nodes=2))
-    wait_for("2 workers", lambda: harness.status().get("readyWorkers") == 2)
+    _two_workers_running(harness)
     round_before = harness.status()["rendezvous"]["round"]
 
     harness.patch_job("job", {"spec": {"suspend": True}})
@@ -237,40 +248,17 @@ def test_suspend_keeps_nothing_running_and_resume_starts_a_new_round(harness: Ha
 
 
 def test_trainer_completion_succeeds_the_job_and_ttl_cleans_up(harness: Harness) -> None:
-    nodes = [harness.add_node("spot-cpu", z) for z in ZONES[:2]]
-    stable = harness.add_node("on-demand", "us-east-1a")
-    harness.wait_nodes_ready([*nodes, stable])
-    harness.start_operator()
-    harness.create_job(harness.job_manifest(min_nodes=1, max_nodes=2, ttlSecondsAfterFinished=3))
-    wait_for("2 workers", lambda: harness.status().get("readyWorkers") == 2)
-
-    # What kubelet reports when the trainer's container exits after writing its termination message.
-    worker = harness.running_workers()[0]
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    harness.core.patch_namespaced_pod_status(worker.metadata.name, harness.namespace, {"status": {
-        "phase": "Succeeded",
-        "containerStatuses": [{"name": "trainer", "image": "x", "ready": False, "restartCount": 0, "state": {
-            "terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now,
-                           "message": json.dumps({"spotrain": "completed", "step": 2000})}}}]}})
+    _two_workers_running(harness, ttlSecondsAfterFinished=3)
+    _container_exits(harness, harness.running_workers()[0].metadata.name, 0,
+                     json.dumps({"spotrain": "completed", "step": 2000}))
     wait_for("job deleted after its TTL", lambda: not harness.custom.list_namespaced_custom_object(
         wk.GROUP, wk.VERSION, harness.namespace, wk.PLURAL)["items"], timeout=60)
     assert harness.events("Succeeded")
 
 
 def test_worker_failures_count_against_max_failures_not_preemptions(harness: Harness) -> None:
-    nodes = [harness.add_node("spot-cpu", z) for z in ZONES[:2]]
-    stable = harness.add_node("on-demand", "us-east-1a")
-    harness.wait_nodes_ready([*nodes, stable])
-    harness.start_operator()
-    harness.create_job(harness.job_manifest(min_nodes=1, max_nodes=2, budgets={"maxFailures": 0}))
-    wait_for("2 workers", lambda: harness.status().get("readyWorkers") == 2)
-
-    worker = harness.running_workers()[0]
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    harness.core.patch_namespaced_pod_status(worker.metadata.name, harness.namespace, {"status": {
-        "phase": "Failed",
-        "containerStatuses": [{"name": "trainer", "image": "x", "ready": False, "restartCount": 0, "state": {
-            "terminated": {"exitCode": 1, "reason": "Error", "startedAt": now, "finishedAt": now}}}]}})
+    _two_workers_running(harness, budgets={"maxFailures": 0})
+    _container_exits(harness, harness.running_workers()[0].metadata.name, 1)
     status = wait_for("Failed", lambda: (s := harness.status()).get("phase") == "Failed" and s)
     assert status["failures"] == 1 and status["preemptions"] == 0
     assert _condition(status, "Failed")["reason"] == "BudgetExceeded"
