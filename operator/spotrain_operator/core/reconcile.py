@@ -350,6 +350,7 @@ class _Reconcile:
         live = self.live_workers()
         target = min(max(spec.target_nodes, spec.min_nodes), spec.max_nodes)
         self._scale_down(live, target)
+        self._replace_stranded(self.live_workers())
         live = self.live_workers()
         fallback_after = datetime.timedelta(seconds=spec.fallback.after_seconds) if spec.fallback else None
         unschedulable = [w for w in live if w.unschedulable_since and spec.pool(w.pool).spot]
@@ -391,6 +392,15 @@ class _Reconcile:
             "SpotCapacityShort" if fallback_active else "SpotAvailable",
             "workers run on the on-demand fallback pool" if fallback_active else "workers run on spot",
             self.now, self.o.generation)
+
+    def _replace_stranded(self, live: list[PodView]) -> None:
+        """A worker pinned to a pool and zone that no longer has any node (a zone lost while it was being
+        placed) would wait forever; it is removed so that it is placed again where capacity is."""
+        anywhere = {(o.pool, o.zone) for o in placement.offerings(self.spec, self.o.nodes.values(), [], {}, self.now,
+                                                                  True)}
+        for w in live:
+            if w.phase == "Pending" and w.unschedulable_since and (w.pool, w.zone) not in anywhere:
+                self.remove(w, f"{w.pool}/{w.zone} has no node left; placing the worker elsewhere")
 
     def _since_text(self) -> str:
         if self.pending_since is None:

@@ -288,6 +288,19 @@ def test_notice_on_a_node_without_workers_does_nothing() -> None:
     assert not [a for a in d.actions if isinstance(a, act.RequestCheckpoint | act.EvictPod)]
 
 
+def test_a_worker_stranded_in_a_lost_zone_is_placed_again() -> None:
+    s = spec(elastic__maxNodes=3)
+    stranded = worker("w2", "spot-cpu", "gone-zone", None, phase="Pending", serial=3,
+                      unschedulable_since=NOW - datetime.timedelta(seconds=5))
+    pods = [store(), worker("w0", "spot-cpu", "a", "s-a"), worker("w1", "spot-cpu", "b", "s-b", serial=2), stranded]
+    d = decide(observe(s, pods, base_nodes()))
+    assert any(isinstance(a, act.DeletePod) and a.name == "w2" for a in d.actions)
+    # Above min the replacement is a join like any other: it comes with the next batch, in a zone with nodes.
+    status = JobStatus.from_body(d.status)
+    later = decide(observe(s, pods[:3], base_nodes(), status, NOW + datetime.timedelta(minutes=1)))
+    assert [m["spec"]["nodeSelector"][wk.ZONE] for m in created(later)] == ["c"]
+
+
 def test_budgets_fail_the_job() -> None:
     s = spec(budgets={"maxFailures": 0, "maxPreemptions": 5})
     failed = worker("w0", "spot-cpu", "a", "s-a", phase="Failed", exit_code=1)
