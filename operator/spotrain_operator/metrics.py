@@ -20,7 +20,7 @@ PREEMPTIONS = Counter("spotrain_preemptions_total", "Workers lost to spot interr
 CHECKPOINT_REQUESTS = Counter("spotrain_checkpoint_requests_total", "Coordinated checkpoints requested on notice",
                               ["namespace", "job"])
 NOTICE_TO_REQUEST_SECONDS = Histogram(
-    "spotrain_notice_to_request_seconds", "From a notice being visible to the checkpoint request being sent",
+    "spotrain_notice_to_request_seconds", "From the start of the reconcile that saw a notice to the request sent",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
 HOURLY_COST = Gauge("spotrain_job_hourly_cost", "Current cost per hour of a job's workers", ["namespace", "job"])

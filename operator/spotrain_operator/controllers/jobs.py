@@ -161,7 +161,7 @@ async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.In
     trainers = await _probe_trainers(rt, (namespace, name), status, pods)
     observed = Observed(ref, int(meta.get("generation", 0)), spec, status, pods, _nodes(nodes_index), now, trainers)
     decision = decide(observed)
-    await apply(rt, job, decision, observed)
+    await apply(rt, job, decision, observed, started)
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     _export(observed, decision.status)
     return any(not d.get("evicted") for d in (decision.status.get("drains") or {}).values())
@@ -190,11 +190,26 @@ async def _report_invalid(rt: Runtime, job: dict[str, Any], message: str) -> Non
     await asyncio.to_thread(rt.cluster.post_event, job, "Warning", "InvalidSpec", message, REPORTER)
 
 
-async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: Observed) -> None:
+async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: Observed,
+                started: float) -> None:
     meta = job["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     cluster = rt.cluster
-    # Status first: the pod serials, counted pods and drains it records are what make a repeated or
+    # A checkpoint request goes out before anything else: every millisecond counts against the notice. Should the
+    # status write below then fail, the next pass asks again under a new id: one extra checkpoint, nothing lost.
+    requests = [a for a in decision.actions if isinstance(a, act.RequestCheckpoint)]
+    for request in requests:
+        results = await rt.trainers.request_checkpoints(request.pod_ips, request.request_id, request.reason,
+                                                        request.deadline)
+        metrics.CHECKPOINT_REQUESTS.labels(namespace, name).inc()
+        failed = sorted(p for p, ok in results.items() if not ok)
+        if failed:
+            log.warning("checkpoint request %s not accepted by %s", request.request_id, ", ".join(failed))
+        # Read the endpoints again right away: unreachable doomed workers are evicted without waiting.
+        rt.last_trainer_poll.pop((namespace, name), None)
+    if requests:
+        metrics.NOTICE_TO_REQUEST_SECONDS.observe(time.perf_counter() - started)
+    # Then the status: the pod serials, counted pods and drains it records are what make a repeated or
     # interrupted apply harmless.
     conditions = [c for c in decision.status.get("conditions", []) if c.get("type") != "SpecInvalid"]
     status = {**decision.status, "conditions": conditions}
@@ -216,16 +231,8 @@ async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: 
             case act.EvictPod(pod, grace):
                 await asyncio.to_thread(cluster.evict_pod, namespace, pod, grace)
                 removed += 1
-            case act.RequestCheckpoint(request_id, reason, deadline, pod_ips):
-                sent = time.perf_counter()
-                results = await rt.trainers.request_checkpoints(pod_ips, request_id, reason, deadline)
-                metrics.CHECKPOINT_REQUESTS.labels(namespace, name).inc()
-                metrics.NOTICE_TO_REQUEST_SECONDS.observe(time.perf_counter() - sent)
-                failed = sorted(p for p, ok in results.items() if not ok)
-                if failed:
-                    log.warning("checkpoint request %s not accepted by %s", request_id, ", ".join(failed))
-                # Read the endpoints again right away: unreachable doomed workers are evicted without waiting.
-                rt.last_trainer_poll.pop((namespace, name), None)
+            case act.RequestCheckpoint():
+                pass  # sent first, above
             case act.MarkNodeDrained(node):
                 await asyncio.to_thread(cluster.annotate_node, node, {wk.NODE_DRAINED_ANNOTATION: "true"})
             case act.DeleteJob():
