@@ -117,16 +117,17 @@ def run(cluster: DevCluster, workdir: Path, args: argparse.Namespace) -> int:
         zone = "us-east-1a"
         doomed = [n.metadata.name for n in core.list_node(label_selector=f"{wk.ZONE}={zone}").items]
         hit = {p.metadata.labels[wk.JOB_LABEL] for p in all_workers() if p.spec.node_name in doomed}
-        preempted_before = {job: harness.status(job).get("preemptions", 0) for job in hit}
+        serial_before = {job: harness.status(job).get("podSerial", 0) for job in hit}
         t0 = time.monotonic()
         for name in doomed:
             nodes.remove(name)
 
         def converged() -> bool:
-            # Every job hit has counted its loss and is back at 4 ready workers, none left in the lost zone.
+            # Every job hit has replaced its lost workers (new pods created) and is back at 4 ready workers, none
+            # left in the lost zone.
             if ready_jobs() != args.jobs:
                 return False
-            if any(harness.status(job).get("preemptions", 0) <= preempted_before[job] for job in hit):
+            if any(harness.status(job).get("podSerial", 0) <= serial_before[job] for job in hit):
                 return False
             return not any(p.spec.node_name in doomed for p in all_workers())
 
