@@ -57,6 +57,14 @@ def run(cluster: DevCluster, workdir: Path, args: argparse.Namespace) -> int:
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     wait_for("default ServiceAccount", lambda: core.list_namespaced_service_account(namespace).items)
     harness = Harness(cluster, namespace, api, nodes, workdir)
+    try:
+        return measure(harness, core, nodes, node_count, namespace, args)
+    finally:
+        harness.cleanup()
+
+
+def measure(harness: Harness, core: client.CoreV1Api, nodes: NodeSimulator, node_count: int, namespace: str,
+            args: argparse.Namespace) -> int:
     print(f"[bench] {node_count} nodes; starting the operator and {args.jobs} jobs", file=sys.stderr)
     harness.start_operator("--resync", "10")
 

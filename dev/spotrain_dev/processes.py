@@ -17,7 +17,7 @@ _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # Runs in the child between fork and exec: the kernel sends SIGKILL when the parent thread exits, so an
     # interrupted test run or a killed `dev-up` supervisor leaves no etcd or apiserver behind.
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -71,7 +71,7 @@ def start(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
-            preexec_fn=_die_with_parent,  # the child only calls prctl and setpgrp
+            preexec_fn=die_with_parent,  # the child only calls prctl and setpgrp
         )
     return ManagedProcess(name, popen, log)
 

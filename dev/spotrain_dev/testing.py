@@ -25,6 +25,7 @@ from kubernetes import client
 
 from spotrain_dev.cluster import DevCluster
 from spotrain_dev.nodes import NodeSimulator
+from spotrain_dev.processes import die_with_parent
 from spotrain_operator import wellknown as wk
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +80,8 @@ class Harness:
         process = subprocess.Popen(
             [sys.executable, "-m", "spotrain_operator.main", "--kubeconfig", str(self.cluster.kubeconfig),
              "--namespace", self.namespace, "--metrics-port", "0", "--health-port", "0", "--resync", "2", *extra],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            # Dies with the test or benchmark that started it, even one killed with SIGKILL.
+            stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
         self.operators.append(process)
         return process
