@@ -304,7 +304,7 @@ class _Reconcile:
                     request_id, fresh[0].reason, format_time(deadline),
                     tuple((w.name, w.ip) for w in live if w.ip)))
         self._evict_when_due(by_node)
-        self._forget_finished_drains(by_node)
+        self._forget_finished_drains()
         checkpointing = any(not d.evicted for d in self.drains.values())
         _set_condition(self.conditions, "Checkpointing", checkpointing,
                        "InterruptionNotice" if checkpointing else "Idle",
@@ -337,7 +337,7 @@ class _Reconcile:
             self.actions.append(act.MarkNodeDrained(node_name))
             self.drains[node_name] = Drain(d.node, d.source, d.deadline, d.request_id, d.requested_at, True)
 
-    def _forget_finished_drains(self, by_node: Mapping[str, PodView]) -> None:
+    def _forget_finished_drains(self) -> None:
         on_nodes = {w.node for w in self.workers() if w.node and w.phase not in TERMINAL}
         for node_name, d in list(self.drains.items()):
             if d.evicted and (node_name not in self.o.nodes or node_name not in on_nodes):
@@ -386,7 +386,7 @@ class _Reconcile:
             self.message = (f"{len(live)}/{target} workers; no free node in pools "
                             f"{', '.join(p.name for p in placement.worker_pools(spec, fallback_active))}"
                             + (f" (cooldown: {', '.join(sorted(self.cooldowns))})" if self.cooldowns else ""))
-        self._return_to_spot(live, available)
+        self._return_to_spot(available)
         _set_condition(self.conditions, "FallbackActive", fallback_active or any(
             not spec.pool(w.pool).spot for w in self.live_workers() if spec.fallback and w.pool == spec.fallback.pool),
             "SpotCapacityShort" if fallback_active else "SpotAvailable",
@@ -449,7 +449,7 @@ class _Reconcile:
                        f"scaled from {len(live)} to {target} workers after a spec update", self.now,
                        self.o.generation)
 
-    def _return_to_spot(self, live: list[PodView], available: Sequence[placement.Offering]) -> None:
+    def _return_to_spot(self, available: Sequence[placement.Offering]) -> None:
         fb = self.spec.fallback
         if not fb or not fb.return_to_spot:
             return
