@@ -296,9 +296,12 @@ class _Reconcile:
                 self.drains[notice.node] = Drain(notice.node, notice.source, notice.deadline, request_id, self.now)
             nodes = ", ".join(sorted(n.node for n in fresh))
             deadline = min(n.deadline for n in fresh)
+            # Notices of one burst may arrive over several reconciles; later ones ride on the checkpoint already
+            # requested, so the event says which checkpoint covers them rather than announcing another.
+            action = (f"covered by the coordinated checkpoint {request_id} already requested" if in_flight else
+                      f"requesting coordinated checkpoint {request_id} before {format_time(deadline)}")
             self.event("InterruptionNotice", f"{len(fresh)} node(s) will be reclaimed ({nodes}; "
-                       f"{fresh[0].reason}); requesting a coordinated checkpoint before {format_time(deadline)}",
-                       warning=True)
+                       f"{fresh[0].reason}); {action}", warning=True)
             if not in_flight:
                 self.actions.append(act.RequestCheckpoint(
                     request_id, fresh[0].reason, format_time(deadline),

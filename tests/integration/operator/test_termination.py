@@ -130,7 +130,8 @@ def test_notice_for_a_node_without_workers_does_nothing(harness: Harness) -> Non
 
 
 def test_a_zone_burst_is_one_checkpoint_and_one_rescale(harness: Harness) -> None:
-    with FakeTrainerEndpoints(harness, delay=1.0) as trainers:
+    # The checkpoint takes 3 s, so the second notice arrives while it is in flight even on a loaded machine.
+    with FakeTrainerEndpoints(harness, delay=3.0) as trainers:
         nodes = [harness.add_node("spot-cpu", z) for z in ("us-east-1a", "us-east-1a", "us-east-1b")]
         stable = harness.add_node("on-demand", "us-east-1b")
         harness.wait_nodes_ready([*nodes, stable])
@@ -143,10 +144,11 @@ def test_a_zone_burst_is_one_checkpoint_and_one_rescale(harness: Harness) -> Non
         for node in nodes[:2]:  # zone a goes at once
             harness.nodes.signal(node, "nth-spot-itn")
         wait_for("both drained", lambda: (s := harness.status()).get("preemptions") == 2 and s)
-        ids = {r["id"] for reqs in trainers.requests.values() for r in reqs}
-        assert len(ids) == 1, ids
+        (request_id,) = {r["id"] for reqs in trainers.requests.values() for r in reqs}
         assert all(len(reqs) == 1 for reqs in trainers.requests.values())
-        assert len(harness.events("InterruptionNotice")) == 1
+        # The two notices may land in one reconcile or in two; either way they name the one checkpoint request.
+        notices = [e.message for e in harness.events("InterruptionNotice")]
+        assert all(request_id in m for m in notices) and all(n in " ".join(notices) for n in nodes[:2]), notices
         wait_for("survivor alone", lambda: len(harness.running_workers()) == 1)
 
 

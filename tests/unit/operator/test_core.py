@@ -267,6 +267,22 @@ def test_unreachable_worker_is_evicted_at_once_and_a_burst_is_one_request() -> N
     assert [a.name for a in second.actions if isinstance(a, act.EvictPod)] == ["w0"]
 
 
+def test_a_notice_arriving_during_a_checkpoint_joins_it() -> None:
+    s = spec(elastic__maxNodes=3)
+    taint = (Taint(wk.NTH_SPOT_ITN, "e", "NoSchedule"),)
+    pods = [store(), *(worker(f"w{i}", "spot-cpu", z, f"s-{z}", serial=i, ip=f"127.16.{i}.1")
+                       for i, z in enumerate("abc"))]
+    first_nodes = [node("s-a", "spot-cpu", "a", taints=taint), *base_nodes()[1:]]
+    first = decide(observe(s, pods, first_nodes))
+    (request,) = [a for a in first.actions if isinstance(a, act.RequestCheckpoint)]
+    both = [first_nodes[0], node("s-b", "spot-cpu", "b", taints=taint), *base_nodes()[2:]]
+    second = decide(observe(s, pods, both, JobStatus.from_body(first.status), NOW + datetime.timedelta(seconds=1)))
+    assert not [a for a in second.actions if isinstance(a, act.RequestCheckpoint)]
+    assert {d["requestID"] for d in second.status["drains"].values()} == {request.request_id}
+    (joined,) = [a for a in second.actions if isinstance(a, act.Event) and a.reason == "InterruptionNotice"]
+    assert "s-b" in joined.message and request.request_id in joined.message
+
+
 def test_deadline_minus_margin_forces_the_eviction() -> None:
     s = spec(elastic__maxNodes=3)
     nodes = [node("s-a", "spot-cpu", "a", taints=(Taint(wk.GKE_IMPENDING_TERMINATION, "", "NoSchedule"),)),
