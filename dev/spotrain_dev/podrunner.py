@@ -58,11 +58,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spotrain_trainer.testing import process_tree
+
 if TYPE_CHECKING:
     from kubernetes import client
 
 REPO = Path(__file__).resolve().parents[2]
-JOB_LABEL = "spotrain.dev/job"  # = spotrain_operator.wellknown.JOB_LABEL (not imported: the shim stays light)
+JOB_LABEL = "spotrain.dev/job"  # = spotrain_operator.wellknown.JOB_LABEL (not imported: the shim imports no kopf)
 ROLE_LABEL = "spotrain.dev/role"
 ROUND_LABEL = "spotrain.dev/round"
 RUNNER_ID_ENV = "SPOTRAIN_PODRUNNER_ID"  # in every container's environment: finds leftovers, like a cgroup
@@ -90,33 +92,8 @@ def _rfc3339(t: datetime.datetime) -> str:
 # -- the shim ----------------------------------------------------------------------------------------------
 
 
-def _descendants(root: int) -> list[int]:
-    """Live (non-zombie) processes below ``root``, from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may contain spaces and parentheses; the last ")" ends it.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if fields[0] == b"Z":
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    out: list[int] = []
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _kill_tree(root: int) -> None:
-    for pid in _descendants(root):
+    for pid in process_tree(root)[1:]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
 
