@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -67,6 +68,7 @@ def _serve_health(port: int, ready: threading.Event) -> None:
 
 
 _KUBECONFIG_CLIENT: client.Configuration | None = None
+API_THREADS = 64
 
 
 @kopf.on.login()
@@ -81,14 +83,15 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True  # leadership comes from the Lease, before kopf starts
     settings.posting.enabled = False  # spotrain posts its own events, with reasons users can act on
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
-    # Reconciles run their blocking API calls in threads; one job must not queue behind fifty others.
-    settings.execution.max_workers = 64
+    # Reconciles make their blocking API calls through asyncio.to_thread, that is in the loop's default executor,
+    # which has min(32, CPUs + 4) threads: 6 on two cores. A notice's job must not queue behind fifty others.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_THREADS, thread_name_prefix="api"))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -115,13 +118,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _configure_logging(args.log_level)
+    configuration = client.Configuration()
     if args.kubeconfig:
         global _KUBECONFIG_CLIENT
-        api_client = config.new_client_from_config(config_file=args.kubeconfig)
-        _KUBECONFIG_CLIENT = api_client.configuration
+        config.load_kube_config(config_file=args.kubeconfig, client_configuration=configuration)
+        _KUBECONFIG_CLIENT = configuration
     else:
-        config.load_incluster_config()
-        api_client = client.ApiClient()
+        config.load_incluster_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = API_THREADS  # one kept-alive connection per API thread
+    api_client = client.ApiClient(configuration)
     ready = threading.Event()
     if args.health_port:
         _serve_health(args.health_port, ready)
