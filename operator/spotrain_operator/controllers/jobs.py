@@ -45,6 +45,8 @@ class Runtime:
     expected_nodes: int = 0  # Nodes listed at start-up: placement waits until the node index holds them
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     last_trainer_poll: dict[tuple[str, str], float] = field(default_factory=dict)
+    # The last view of each node, to tell a change that matters to placement from a status heartbeat.
+    node_views: dict[str, NodeView] = field(default_factory=dict)
 
     def wake(self, key: tuple[str, str]) -> None:
         event = self.wakeups.get(key)
@@ -79,16 +81,21 @@ def jobs_by_node(spec: kopf.Spec, namespace: str | None, labels: Mapping[str, st
 
 @kopf.on.event("nodes")
 def node_changed(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
-    """A notice or a loss concerns the jobs with pods on the node; a node that could take a new worker
-    concerns every job (one may be waiting for capacity)."""
+    """A notice or a loss concerns the jobs with pods on the node; a node that could take a new worker, and has
+    just changed, concerns every job (one may be waiting for capacity). Heartbeats wake nobody: with 500 nodes
+    they would keep every job reconciling."""
     rt = runtime()
     index: kopf.Index[str, tuple[str, str]] = kwargs["jobs_by_node"]
     for key in set(index.get(name, [])):
         rt.wake(key)
+    if type == "DELETED":
+        rt.node_views.pop(name, None)
+        return
     view = NodeView.from_body(body)
+    previous, rt.node_views[name] = rt.node_views.get(name), view
     now = datetime.datetime.now(datetime.UTC)
     usable = view.ready and not view.unschedulable and node_notice(view, now, SOURCE_NAMES, True) is None
-    if type == "ADDED" or (type == "MODIFIED" and usable):
+    if usable and view != previous:
         rt.wake_all()
 
 
