@@ -3,6 +3,9 @@
 Each job has a daemon that reconciles it whenever something relevant changes (its object, its pods, any Node)
 and at least every ``resync`` seconds. Events only wake the daemon; the reconcile itself always reads the job
 and its pods fresh from the API server, so it never acts on a stale view of its own writes.
+
+The event and index handlers are coroutines on purpose: kopf runs plain functions in a thread pool, and an
+``asyncio.Event`` set from another thread may not wake its waiter until the loop stirs for some other reason.
 """
 
 from __future__ import annotations
@@ -68,19 +71,19 @@ def runtime() -> Runtime:
 
 
 @kopf.index("nodes")
-def nodes_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
+async def nodes_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
     return {name: NodeView.from_body(body)}
 
 
 @kopf.index("pods", labels={wk.JOB_LABEL: kopf.PRESENT})
-def jobs_by_node(spec: kopf.Spec, namespace: str | None, labels: Mapping[str, str],
+async def jobs_by_node(spec: kopf.Spec, namespace: str | None, labels: Mapping[str, str],
                  **_: Any) -> dict[str, tuple[str, str]] | None:
     node = spec.get("nodeName")
     return {node: (namespace or "", labels[wk.JOB_LABEL])} if node else None
 
 
 @kopf.on.event("nodes")
-def node_changed(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+async def node_changed(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
     """A notice or a loss concerns the jobs with pods on the node; a node that could take a new worker, and has
     just changed, concerns every job (one may be waiting for capacity). Heartbeats wake nobody: with 500 nodes
     they would keep every job reconciling."""
@@ -100,12 +103,12 @@ def node_changed(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
 
 
 @kopf.on.event("pods", labels={wk.JOB_LABEL: kopf.PRESENT})
-def pod_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+async def pod_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     runtime().wake((namespace or "", labels[wk.JOB_LABEL]))
 
 
 @kopf.on.event(wk.GROUP, wk.VERSION, wk.PLURAL)
-def job_changed(namespace: str | None, name: str, **_: Any) -> None:
+async def job_changed(namespace: str | None, name: str, **_: Any) -> None:
     runtime().wake((namespace or "", name))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, cast
 
 import pytest
@@ -36,8 +36,8 @@ def runtime() -> Iterator[jobs.Runtime]:
 def woken(rt: jobs.Runtime, type_: str, body: dict[str, Any]) -> set[tuple[str, str]]:
     for event in rt.wakeups.values():
         event.clear()
-    handler = cast(Callable[..., None], jobs.node_changed)  # kopf types it as its handler protocol
-    handler(type=type_, name=body["metadata"]["name"], body=body, jobs_by_node={"n1": [JOB_ON_NODE]})
+    handler = cast(Callable[..., Coroutine[Any, Any, None]], jobs.node_changed)  # kopf types it as its protocol
+    asyncio.run(handler(type=type_, name=body["metadata"]["name"], body=body, jobs_by_node={"n1": [JOB_ON_NODE]}))
     return {key for key, event in rt.wakeups.items() if event.is_set()}
 
 
