@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 from typing import Any
 
@@ -33,9 +34,12 @@ class Cluster:
             raise
 
     def list_job_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{wk.JOB_LABEL}={name}",
-                                            _request_timeout=TIMEOUT)
-        return [self.core.api_client.sanitize_for_serialization(p) for p in pods.items]
+        # The raw JSON, not V1Pod models: building and flattening the models again cost 10x the request itself,
+        # on the path from a notice to the checkpoint request.
+        response = self.core.list_namespaced_pod(namespace, label_selector=f"{wk.JOB_LABEL}={name}",
+                                                 _request_timeout=TIMEOUT, _preload_content=False)
+        pods: list[dict[str, Any]] = json.loads(response.data)["items"]
+        return pods
 
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
