@@ -74,7 +74,7 @@ def measure(harness: Harness, core: client.CoreV1Api, nodes: NodeSimulator, node
     pools = [{"name": "spot-cpu", "capacityType": "spot", "nodeSelector": {"dev.spotrain.dev/pool": "spot-cpu"}},
              {"name": "on-demand", "capacityType": "on-demand",
               "nodeSelector": {"dev.spotrain.dev/pool": "on-demand"}}]
-    with FakeTrainerEndpoints(all_workers, delay=0.5) as trainers:
+    with FakeTrainerEndpoints(harness, delay=0.5) as trainers:
         started = time.monotonic()
         for i in range(args.jobs):
             manifest = harness.job_manifest(f"job-{i:02d}", min_nodes=2, max_nodes=4, pools=pools)
