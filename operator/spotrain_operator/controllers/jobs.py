@@ -77,7 +77,7 @@ async def nodes_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeV
 
 @kopf.index("pods", labels={wk.JOB_LABEL: kopf.PRESENT})
 async def jobs_by_node(spec: kopf.Spec, namespace: str | None, labels: Mapping[str, str],
-                 **_: Any) -> dict[str, tuple[str, str]] | None:
+                       **_: Any) -> dict[str, tuple[str, str]] | None:
     node = spec.get("nodeName")
     return {node: (namespace or "", labels[wk.JOB_LABEL])} if node else None
 
