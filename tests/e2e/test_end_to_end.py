@@ -120,6 +120,7 @@ def test_spot_interruption_checkpoints_evicts_and_the_survivors_finish(
     assert status["phase"] == "Succeeded", f"{status}\ncontainer logs: {podrunner.workdir / 'pods'}"
     assert status["preemptions"] == 1 and status["failures"] == 0
     assert _condition(status, "Succeeded")["reason"] == "TrainerCompleted"
+    assert status["lastCheckpoint"]["step"] == STEPS, "the final checkpoint is in the job's status"
 
     log = _loss_log(loss_log)
     starts = [e for e in log if e.get("event") == "start"]

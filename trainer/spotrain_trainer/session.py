@@ -654,7 +654,11 @@ class Session:
             self.status.flush(force=True)
             raise CheckpointError(f"could not write the completion marker: {error[0]}")
         if self.is_local_leader:
-            self._write_termination_log({"spotrain": "completed", "step": self.step})
+            final = self.checkpointer.last_committed
+            message: dict[str, Any] = {"spotrain": "completed", "step": self.step}
+            if final is not None:
+                message["checkpoint"] = {"step": final.step, "uri": final.uri, "time": final.time}
+            self._write_termination_log(message)
         self._completed = True
         self.status.update(phase="completed", completed=True, step=self.step)
         self.status.flush(force=True)

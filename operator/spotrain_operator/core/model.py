@@ -7,6 +7,7 @@ core never touches the API itself.
 from __future__ import annotations
 
 import datetime
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -105,6 +106,16 @@ class PodView:
     @property
     def completed(self) -> bool:
         return '"completed"' in self.termination_message
+
+    @property
+    def final_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint a completed trainer names in its termination message (step, uri, time), if any."""
+        try:
+            message = json.loads(self.termination_message)
+        except ValueError:
+            return {}
+        checkpoint = message.get("checkpoint") if isinstance(message, dict) else None
+        return dict(checkpoint) if isinstance(checkpoint, dict) else {}
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodView:

@@ -175,6 +175,10 @@ class _Reconcile:
 
     def succeed(self) -> None:
         done = next(w for w in self.workers() if w.completed)
+        final = done.final_checkpoint
+        # The endpoints are gone by now; only the termination message tells of the final checkpoint.
+        if isinstance(final.get("step"), int) and final["step"] >= int(self.last_checkpoint.get("step", -1)):
+            self.last_checkpoint = {k: final[k] for k in ("step", "time", "uri") if final.get(k) is not None}
         self.phase = "Succeeded"
         self.completion_time = self.now
         self.event("Succeeded", f"trainer reported completion (worker {done.name})")

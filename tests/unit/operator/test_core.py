@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import json
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,18 @@ def test_joins_above_min_wait_for_the_window() -> None:
     later = NOW + datetime.timedelta(seconds=21)
     second = decide(observe(s, pods, base_nodes(), JobStatus.from_body(first.status), now=later))
     assert len(created(second)) == 1
+
+
+def test_success_records_the_final_checkpoint_named_in_the_termination_message() -> None:
+    final = {"step": 500, "uri": "s3://bucket/job/step-000000500", "time": "2026-11-27T12:00:00Z"}
+    message = json.dumps({"spotrain": "completed", "step": 500, "checkpoint": final})
+    pods = [store(), worker("w0", "spot-cpu", "a", "s-a", phase="Succeeded", exit_code=0, termination_message=message),
+            worker("w1", "spot-cpu", "b", "s-b", phase="Succeeded", exit_code=0, serial=2)]
+    status = JobStatus.from_body({"rendezvous": {"round": 1}, "podSerial": 10,
+                                  "lastCheckpoint": {"step": 294, "uri": "s3://bucket/job/step-000000294"}})
+    d = decide(observe(spec(elastic__maxNodes=2), pods, base_nodes(), status))
+    assert d.status["phase"] == "Succeeded"
+    assert d.status["lastCheckpoint"] == final
 
 
 def test_lost_node_is_a_preemption_with_cooldown_not_a_failure() -> None:

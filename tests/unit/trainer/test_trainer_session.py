@@ -147,7 +147,10 @@ def test_completion(make_session: MakeSession, tmp_path: Path) -> None:
         s.restore(model=model, optimizer=opt, scheduler=sched)
         for _ in s.steps(4):
             train_step(model, opt, sched)
-    assert json.loads((tmp_path / "term" / "termination-log").read_text()) == {"spotrain": "completed", "step": 4}
+    message = json.loads((tmp_path / "term" / "termination-log").read_text())
+    assert message["spotrain"] == "completed" and message["step"] == 4
+    # The operator takes the final checkpoint from here: the control endpoint is gone once the pod has exited.
+    assert message["checkpoint"]["step"] == 4 and message["checkpoint"]["uri"].endswith("step-000000004")
     storage = LocalStorage(tmp_path / "ckpt")
     assert storage.committed_steps() == [4]
     completed = storage.read_completed()
