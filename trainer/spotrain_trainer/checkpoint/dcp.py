@@ -196,6 +196,18 @@ class Checkpointer:
         self._executor.shutdown(wait=wait, cancel_futures=not wait)
 
     # --------------------------------------------------------------------------------------------- save
+    def _clear_step(self, step: int) -> str | None:
+        """Rank 0 removes what storage holds for ``step``; every rank gets the same error message, or None."""
+        error: str | None = None
+        if self.rank == 0:
+            try:
+                self.storage.clear_step(step)
+            except Exception as exc:
+                error = f"clearing {step_dir_name(step)}: {exc}"
+        outcome = [error]
+        dist.broadcast_object_list(outcome, src=0, group=self.group)
+        return outcome[0]
+
     def save(
         self,
         step: int,
@@ -216,16 +228,9 @@ class Checkpointer:
         t0 = time.monotonic()
         if self.storage.writes_in_place:
             # DCP writes straight into the final directory: remove leftovers before anyone writes.
-            err: str | None = None
-            if self.rank == 0:
-                try:
-                    self.storage.clear_step(step)
-                except Exception as exc:
-                    err = f"clearing {step_dir_name(step)}: {exc}"
-            outcome = [err]
-            dist.broadcast_object_list(outcome, src=0, group=self.group)
-            if outcome[0]:
-                raise CheckpointError(str(outcome[0]))
+            clear_error = self._clear_step(step)
+            if clear_error:
+                raise CheckpointError(clear_error)
         local_dir = self.storage.write_dir(step, self.rank)
         # fsync matters where the files stay (a local/volume path); a staging copy only has to be readable for
         # the upload, and the commit marker is written only once the uploaded objects are confirmed.
@@ -275,16 +280,9 @@ class Checkpointer:
 
         if not self.storage.writes_in_place:
             # Staged checkpoints: clear the step in storage once, before anyone uploads.
-            clear_err: str | None = None
-            if self.rank == 0:
-                try:
-                    self.storage.clear_step(step)
-                except Exception as exc:
-                    clear_err = f"clearing {step_dir_name(step)}: {exc}"
-            outcome = [clear_err]
-            dist.broadcast_object_list(outcome, src=0, group=self.group)
-            if outcome[0] and error is None:
-                error = str(outcome[0])
+            clear_error = self._clear_step(step)
+            if clear_error and error is None:
+                error = clear_error
 
         files: dict[str, FileInfo] = {}
         t_written = time.monotonic()
