@@ -3,17 +3,33 @@
 It talks to the workers only through files in the per-pod state directory (``SPOTRAIN_STATE_DIR``), so it
 keeps answering while workers restart between rendezvous rounds:
 
-* ``POST /checkpoint`` ``{"id": "...", "reason": "...", "deadline": "<RFC3339>" | null}`` writes
-  ``request.json`` (atomically) and answers ``202 {"accepted": true, "id": ...}``; posting the same id again is
-  a no-op that answers the same. The local rank 0 worker sees the file at its next step, all ranks take a
-  coordinated checkpoint, and once it is durable the worker records ``handled_request_id`` and
+* ``POST /checkpoint`` ``{"id": "...", "reason": "...", "deadline": "<RFC3339>" | null, "issued_at": "<RFC3339>"}``
+  writes ``request.json`` (atomically) and answers ``202 {"accepted": true, "id": ...}``; posting the same id
+  again is a no-op that answers the same. The local rank 0 worker sees the file at its next step, all ranks take
+  a coordinated checkpoint, and once it is durable the worker records ``handled_request_id`` and
   ``last_checkpoint.request_id`` in ``status.json``.
 * ``GET /status`` the worker's ``status.json`` plus the pending request (``checkpoint_request``).
 * ``GET /metrics`` Prometheus text. ``GET /healthz`` ``ok``.
+
+Security (see docs/security.md):
+
+* With a token configured (``SPOTRAIN_CONTROL_TOKEN``, which the operator fills from the job's control Secret, or
+  ``SPOTRAIN_CONTROL_TOKEN_FILE``), ``POST /checkpoint`` and ``GET /status`` need ``Authorization: Bearer
+  <token>`` (compared in constant time) and answer 401 otherwise; ``/healthz``, ``/readyz`` and ``/metrics`` stay
+  open for probes and scrapers (the metrics carry no bucket path and no request ids).
+* The request slot holds one pending request. A different id replaces an unhandled one only when it is newer:
+  its ``issued_at`` is later than the pending one's (or the pending one has none). An older or undated request
+  gets 409 and the pending one stays, so a delayed retry (or a deposed operator replica) cannot push back the
+  checkpoint a drain is waiting for. Once the pending request is handled, any new id is accepted.
+* Every request body needs a Content-Length of at most ``MAX_BODY`` (411/400/413 otherwise); sockets time out
+  after ``SOCKET_TIMEOUT`` seconds and at most ``MAX_CONNECTIONS`` are served at once (more are closed at
+  accept), so idle or slow clients cannot hold every thread. Nothing here touches the training loop: a bad
+  request only ever gets a 4xx.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -36,10 +52,24 @@ from .status import default_status
 log = logging.getLogger("spotrain_trainer.server")
 
 MAX_BODY = 64 * 1024
+SOCKET_TIMEOUT = 10.0
+MAX_CONNECTIONS = 32
 
 
 class RequestError(ValueError):
     pass
+
+
+def _parse_time(field: str, value: Any) -> datetime:
+    if not isinstance(value, str):
+        raise RequestError(f"{field} must be an RFC3339 string")
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise RequestError(f"{field} {value!r} is not RFC3339") from exc
+    if parsed.tzinfo is None:
+        raise RequestError(f"{field} {value!r} has no time zone")
+    return parsed
 
 
 def parse_checkpoint_request(body: bytes) -> dict[str, Any]:
@@ -57,25 +87,45 @@ def parse_checkpoint_request(body: bytes) -> dict[str, Any]:
         raise RequestError("reason must be a string")
     deadline = obj.get("deadline")
     if deadline is not None:
-        if not isinstance(deadline, str):
-            raise RequestError("deadline must be an RFC3339 string or null")
-        try:
-            parsed = datetime.fromisoformat(deadline.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise RequestError(f"deadline {deadline!r} is not RFC3339") from exc
-        if parsed.tzinfo is None:
-            raise RequestError(f"deadline {deadline!r} has no time zone")
-    return {"id": rid, "reason": reason or "request", "deadline": deadline}
+        _parse_time("deadline", deadline)
+    request = {"id": rid, "reason": reason or "request", "deadline": deadline}
+    issued_at = obj.get("issued_at")
+    if issued_at is not None:
+        _parse_time("issued_at", issued_at)
+        request["issued_at"] = issued_at
+    return request
+
+
+def supersedes(new: dict[str, Any], pending: dict[str, Any]) -> bool:
+    """Whether ``new`` may replace the unhandled ``pending`` request: only a request issued later does."""
+    if not isinstance(pending.get("issued_at"), str):
+        return True  # nothing to order by (written by an older operator): the latest caller wins, as before
+    if new.get("issued_at") is None:
+        return False
+    try:
+        return _parse_time("issued_at", new["issued_at"]) > _parse_time("issued_at", pending["issued_at"])
+    except RequestError:
+        return True  # a pending record that does not parse cannot be protected
+
+
+class ConflictError(Exception):
+    """A newer request is pending; the one posted is refused (409) and the pending one stays."""
+
+    def __init__(self, pending_id: str) -> None:
+        super().__init__(f"request {pending_id} is pending and was issued later; it stays")
+        self.pending_id = pending_id
 
 
 class ControlState:
     """Reads and writes the state directory on behalf of the HTTP handlers."""
 
-    def __init__(self, state_dir: Path, *, job: str, pod: str, namespace: str | None = None) -> None:
+    def __init__(self, state_dir: Path, *, job: str, pod: str, namespace: str | None = None,
+                 token: str | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.job = job
         self.pod = pod
         self.namespace = namespace
+        self.token = token or None
         self._lock = threading.Lock()
         self.state_dir.mkdir(parents=True, exist_ok=True)
 
@@ -95,6 +145,9 @@ class ControlState:
             existing = read_json(self.request_path)
             if existing and existing.get("id") == req["id"]:
                 return {"accepted": True, "id": req["id"], "duplicate": True}
+            unhandled = existing and existing.get("id") != worker.get("handled_request_id")
+            if unhandled and not supersedes(req, existing):
+                raise ConflictError(str(existing.get("id")))
             record = dict(req)
             record["received_at"] = utc_now_rfc3339()
             atomic_write_json(self.request_path, record)
@@ -121,6 +174,7 @@ class ControlState:
                 "id": req["id"],
                 "reason": req.get("reason"),
                 "deadline": req.get("deadline"),
+                "issued_at": req.get("issued_at"),
                 "received_at": req.get("received_at"),
             }
         else:
@@ -227,6 +281,10 @@ class ControlState:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ControlHTTPServer
+    # StreamRequestHandler sets this on the socket: a client idle (or trickling) this long is dropped.
+    timeout = SOCKET_TIMEOUT
+    # A request line without a version would otherwise be answered as HTTP/0.9: a bare body, no status line.
+    default_request_version = "HTTP/1.0"
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -243,12 +301,62 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, code: int, obj: Any) -> None:
         self._send(code, (json.dumps(obj, sort_keys=True) + "\n").encode(), "application/json")
 
+    def _authorized(self) -> bool:
+        """Answers 401 and returns False unless the request carries the job's token (when one is configured)."""
+        token = self.server.state.token
+        if token is None:
+            return True
+        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+            return True
+        self.send_response(HTTPStatus.UNAUTHORIZED)
+        body = b'{"error": "a bearer token is required"}\n'
+        self.send_header("WWW-Authenticate", 'Bearer realm="spotrain-control"')
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        return False
+
+    def _read_body(self) -> bytes | None:
+        """The body within MAX_BODY, or None after answering 4xx. Every request's body is bounded, whatever
+        its method: an unread body would otherwise be parsed as the next request on the connection."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "chunked bodies are not accepted; send Content-Length"})
+            return None
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            if self.command == "POST":
+                self.close_connection = True
+                self._json(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length is required"})
+                return None
+            return b""
+        if not raw.strip().isdigit():
+            self.close_connection = True
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
+            return None
+        length = int(raw)
+        if length > MAX_BODY:
+            self.close_connection = True
+            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": f"body over {MAX_BODY} bytes"})
+            return None
+        body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            self.close_connection = True
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "body shorter than Content-Length"})
+            return None
+        return body
+
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         state = self.server.state
+        if self._read_body() is None:
+            return
         try:
             if path == "/status":
-                self._json(HTTPStatus.OK, state.status())
+                if self._authorized():
+                    self._json(HTTPStatus.OK, state.status())
             elif path == "/metrics":
                 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -263,19 +371,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        body = self._read_body()
+        if body is None:
+            return
         if path != "/checkpoint":
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path {path}"})
             return
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": "bad Content-Length"})
+        if not self._authorized():
             return
-        if length > MAX_BODY:
-            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
-            self.close_connection = True
-            return
-        body = self.rfile.read(length) if length else b""
         try:
             req = parse_checkpoint_request(body)
         except RequestError as exc:
@@ -283,6 +386,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             result = self.server.state.submit(req)
+        except ConflictError as exc:
+            self._json(HTTPStatus.CONFLICT, {"accepted": False, "id": req["id"], "pending": exc.pending_id,
+                                             "error": str(exc)})
+            return
         except OSError as exc:
             log.exception("could not record checkpoint request")
             self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"accepted": False, "error": str(exc)})
@@ -296,7 +403,27 @@ class ControlHTTPServer(ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], state: ControlState) -> None:
         self.state = state
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # One thread per connection, but never more than MAX_CONNECTIONS: past that, new connections are
+        # closed at once instead of piling up threads (each may wait SOCKET_TIMEOUT on an idle client).
+        if not self._slots.acquire(blocking=False):
+            log.debug("connection from %s refused: %d connections open", client_address, MAX_CONNECTIONS)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     @property
     def port(self) -> int:
@@ -310,18 +437,32 @@ def serve(state: ControlState, host: str, port: int) -> ControlHTTPServer:
     return server
 
 
+def control_token(env: Any) -> str | None:
+    """The job's control token: ``SPOTRAIN_CONTROL_TOKEN``, else the file ``SPOTRAIN_CONTROL_TOKEN_FILE`` names."""
+    token = (env.get("SPOTRAIN_CONTROL_TOKEN") or "").strip()
+    path = env.get("SPOTRAIN_CONTROL_TOKEN_FILE")
+    if not token and path:
+        token = Path(path).read_text().strip()
+    return token or None
+
+
 def main() -> int:
     logging.basicConfig(
         level=os.environ.get("SPOTRAIN_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s [control] %(name)s: %(message)s",
     )
     env = os.environ
+    token = control_token(env)
     state = ControlState(
         Path(env_str(env, "SPOTRAIN_STATE_DIR", DEFAULT_STATE_DIR)),
         job=env_str(env, "SPOTRAIN_JOB_NAME", "local"),
         pod=env_str(env, "POD_NAME", os.uname().nodename),
         namespace=env.get("SPOTRAIN_NAMESPACE"),
+        token=token,
     )
+    if token is None:
+        log.warning("no control token (SPOTRAIN_CONTROL_TOKEN): /checkpoint and /status are open to anyone "
+                    "who can reach this port")
     host = env_str(env, "SPOTRAIN_CONTROL_BIND", "0.0.0.0")
     port = env_int(env, "SPOTRAIN_CONTROL_PORT", DEFAULT_CONTROL_PORT, minimum=0)
     server = ControlHTTPServer((host, port), state)
