@@ -56,6 +56,8 @@ class Cluster:
         try:
             if manifest["kind"] == "Pod":
                 _drop(self.core.create_namespaced_pod(namespace, manifest, **RAW))
+            elif manifest["kind"] == "Secret":  # the job's control token (pods.render_control_secret)
+                _drop(self.core.create_namespaced_secret(namespace, manifest, **RAW))
             else:
                 _drop(self.core.create_namespaced_service(namespace, manifest, **RAW))
             return True

@@ -145,8 +145,7 @@ class ControlState:
             existing = read_json(self.request_path)
             if existing and existing.get("id") == req["id"]:
                 return {"accepted": True, "id": req["id"], "duplicate": True}
-            unhandled = existing and existing.get("id") != worker.get("handled_request_id")
-            if unhandled and not supersedes(req, existing):
+            if existing and existing.get("id") != worker.get("handled_request_id") and not supersedes(req, existing):
                 raise ConflictError(str(existing.get("id")))
             record = dict(req)
             record["received_at"] = utc_now_rfc3339()

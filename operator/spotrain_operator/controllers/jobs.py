@@ -25,6 +25,7 @@ from spotrain_operator import metrics
 from spotrain_operator import wellknown as wk
 from spotrain_operator.api import SOURCE_NAMES, SpecError, parse_spec
 from spotrain_operator.cluster import Cluster
+from spotrain_operator.control_auth import ControlKey
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, format_time
 from spotrain_operator.core.pods import CONTROL_PORT, JobRef
@@ -44,6 +45,8 @@ class Runtime:
 
     cluster: Cluster
     trainers: TrainerClient = field(default_factory=lambda: TrainerClient(CONTROL_PORT))
+    # Derives each job's control-endpoint token (control_auth); None: workers run without one.
+    control_key: ControlKey | None = None
     resync_seconds: float = 10.0
     expected_nodes: int = 0  # Nodes listed at start-up: placement waits until the node index holds them
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
@@ -152,7 +155,7 @@ async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.In
     if job is None or job["metadata"].get("deletionTimestamp"):
         return False
     meta = job["metadata"]
-    ref = JobRef(name, namespace, meta["uid"])
+    ref = JobRef(name, namespace, meta["uid"], rt.control_key.token_for(meta["uid"]) if rt.control_key else None)
     status = JobStatus.from_body(job.get("status"))
     try:
         pricing = None
@@ -168,7 +171,7 @@ async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.In
         return False
     pods = [PodView.from_body(p) for p in await asyncio.to_thread(rt.cluster.list_job_pods, namespace, name)]
     now = datetime.datetime.now(datetime.UTC)
-    trainers = await _probe_trainers(rt, (namespace, name), status, pods)
+    trainers = await _probe_trainers(rt, (namespace, name), status, pods, ref.control_token)
     observed = Observed(ref, int(meta.get("generation", 0)), spec, status, pods, _nodes(nodes_index), now, trainers)
     decision = decide(observed)
     await apply(rt, job, decision, observed, started)
@@ -178,7 +181,7 @@ async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.In
 
 
 async def _probe_trainers(rt: Runtime, key: tuple[str, str], status: JobStatus,
-                          pods: list[PodView]) -> dict[str, TrainerStatus | None]:
+                          pods: list[PodView], token: str | None) -> dict[str, TrainerStatus | None]:
     """Control endpoints are read while a drain waits on its checkpoint, and otherwise now and then for the
     last checkpoint shown in status."""
     draining = any(not d.evicted for d in status.drains.values())
@@ -187,7 +190,7 @@ async def _probe_trainers(rt: Runtime, key: tuple[str, str], status: JobStatus,
         return {}
     rt.last_trainer_poll[key] = time.monotonic()
     targets = [(p.name, p.ip) for p in pods if p.role == "worker" and p.active and p.ip and p.phase == "Running"]
-    return await rt.trainers.statuses(targets)
+    return await rt.trainers.statuses(targets, token)
 
 
 async def _report_invalid(rt: Runtime, job: dict[str, Any], message: str) -> None:
@@ -210,7 +213,7 @@ async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: 
     requests = [a for a in decision.actions if isinstance(a, act.RequestCheckpoint)]
     for request in requests:
         results = await rt.trainers.request_checkpoints(request.pod_ips, request.request_id, request.reason,
-                                                        request.deadline)
+                                                        request.deadline, observed.job.control_token)
         metrics.CHECKPOINT_REQUESTS.labels(namespace, name).inc()
         failed = sorted(p for p, ok in results.items() if not ok)
         if failed:
