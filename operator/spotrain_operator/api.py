@@ -58,6 +58,10 @@ class Pool:
     tolerations: tuple[Toleration, ...] = ()
     hourly_price: float | None = None
     on_demand_hourly_price: float | None = None
+    # Autoscaled pools: zones where new nodes can be provisioned (the spec's list wins over a Karpenter
+    # NodePool's requirements), and how long a worker may wait for its node before the zone is given up.
+    zones: tuple[str, ...] = ()
+    provisioning_timeout_seconds: float = 300.0
 
     @property
     def spot(self) -> bool:
@@ -197,6 +201,9 @@ def parse_spec(spec: dict[str, Any], pricing: dict[str, str] | None = None) -> J
                     p.get("onDemandHourlyPrice", pricing.get(f"{p['name']}.onDemandHourlyPrice")),
                     f"{where}.onDemandHourlyPrice",
                 ),
+                zones=tuple(p.get("zones", ())),
+                provisioning_timeout_seconds=parse_duration(p.get("provisioningTimeout", "5m"),
+                                                            f"{where}.provisioningTimeout"),
             )
         )
     fallback = None

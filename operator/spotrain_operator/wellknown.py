@@ -36,6 +36,15 @@ CA_DELETION_CANDIDATE = "DeletionCandidateOfClusterAutoscaler"  # PreferNoSchedu
 NODE_NOT_READY = "node.kubernetes.io/not-ready"
 NODE_UNREACHABLE = "node.kubernetes.io/unreachable"
 
+# -- pod annotations that veto voluntary disruption -------------------------------------------------------
+KARPENTER_DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"  # "true": consolidation leaves the node alone
+CA_SAFE_TO_EVICT = "cluster-autoscaler.kubernetes.io/safe-to-evict"  # "false": no scale-down of the node
+
+# -- Karpenter's API ---------------------------------------------------------------------------------------
+KARPENTER_GROUP = "karpenter.sh"
+KARPENTER_VERSION = "v1"
+KARPENTER_NODEPOOLS = "nodepools"
+
 # -- spotrain's own -------------------------------------------------------------------------------------
 GROUP = "spotrain.dev"
 VERSION = "v1alpha1"

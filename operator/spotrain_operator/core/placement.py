@@ -1,7 +1,10 @@
 """Where new workers go: pools, zones, weights, caps, cooldowns, price caps and the on-demand fallback.
 
 Pure: observed nodes and workers in, a list of (pool, zone) choices out. The kube-scheduler still binds each
-pod; placement only decides which pool and zone each pod is pinned to, from the free nodes it can see.
+pod; placement only decides which pool and zone each pod is pinned to. A pool offers the nodes it has that can
+still hold a worker and, when it is autoscaled, the nodes its autoscaler can add: in the zones the spec lists
+for it, else those of its Karpenter NodePool. An autoscaled pool starts from zero nodes: the pending worker is
+what makes the autoscaler provision one.
 """
 
 from __future__ import annotations
@@ -9,17 +12,19 @@ from __future__ import annotations
 import datetime
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from spotrain_operator.api import JobSpec, Pool
 from spotrain_operator.core.model import NodeView, PodView, Taint
+from spotrain_operator.core.provisioning import NodePoolView, NodeRoom, Resources, node_pool_of, pod_requests
 
 
 @dataclass(frozen=True)
 class Offering:
     pool: str
     zone: str
-    free_nodes: int
+    free_nodes: int  # workers this (pool, zone) can take now: free nodes, plus those its autoscaler can add
+    existing: int = field(default=0, compare=False)  # of which free nodes that exist already
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ def pool_tolerations(spec: JobSpec, pool: Pool) -> list[dict[str, object]]:
     return [*spec.template.get("spec", {}).get("tolerations", []), *(t.to_dict() for t in pool.tolerations)]
 
 
+def pool_node_selector(spec: JobSpec, pool: Pool) -> dict[str, str]:
+    """The labels a pod of this pool selects, zone aside: the template's and the pool's."""
+    return {**(spec.template.get("spec", {}).get("nodeSelector") or {}), **pool.node_selector}
+
+
 def node_accepts(node: NodeView, tolerations: Sequence[Mapping[str, object]]) -> bool:
     """A node a new pod could land on: ready, schedulable, and every hard taint tolerated (a termination
     notice is a NoSchedule taint, so a doomed node never takes a new worker)."""
@@ -79,6 +89,28 @@ def price_allowed(spec: JobSpec, pool: Pool) -> bool:
     return pool.hourly_price <= ratio * pool.on_demand_hourly_price
 
 
+def worker_request(spec: JobSpec) -> Resources:
+    return pod_requests(spec.template.get("spec") or {})
+
+
+def autoscaled_zones(pool: Pool, node_pools: Mapping[str, NodePoolView], nodes: Sequence[NodeView],
+                     request: Resources) -> tuple[str, ...]:
+    """Zones where the pool can get new nodes. The spec's list wins over the NodePool's zone requirement (it
+    may narrow it); a Karpenter NodePool without one lets Karpenter use any zone the cluster's nodes are in.
+    Empty for a pool that has only the nodes it has, and for a NodePool that cannot launch a worker's node
+    (capacity type or instance type excluded, limits reached)."""
+    node_pool = node_pool_of(pool.node_selector, node_pools)
+    if node_pool is not None and not node_pool.can_launch(pool.capacity_type, pool.node_selector, request):
+        return ()
+    if pool.zones:
+        return pool.zones
+    if node_pool is None:
+        return ()
+    if node_pool.zones is not None:
+        return node_pool.zones
+    return tuple(sorted({n.zone for n in nodes if n.zone}))
+
+
 def offerings(
     spec: JobSpec,
     nodes: Iterable[NodeView],
@@ -86,13 +118,20 @@ def offerings(
     cooldowns: Mapping[str, datetime.datetime],
     now: datetime.datetime,
     fallback_active: bool,
+    *,
+    node_pools: Mapping[str, NodePoolView] | None = None,
+    room: Mapping[str, NodeRoom] | None = None,
 ) -> list[Offering]:
-    """Free capacity per (pool, zone): eligible nodes without a worker of this job, minus pods that are
-    already on their way there (pending, not yet bound)."""
+    """Free capacity per (pool, zone), minus pods already on their way there (pending, not yet bound).
+
+    A node is free when it accepts the pool's pods, holds no worker of this job (one per node), and, where
+    ``room`` knows it, its allocatable resources minus the requests of all pods on it fit a worker. An
+    autoscaled pool adds up to ``spec.max_nodes`` nodes per zone it can provision in."""
     occupied = {w.node for w in workers if w.active and w.node}
     pending = Counter((w.pool, w.zone) for w in workers if w.active and not w.node)
-    result = []
+    request = worker_request(spec)
     node_list = list(nodes)
+    result = []
     for pool in worker_pools(spec, fallback_active):
         if not price_allowed(spec, pool):
             continue
@@ -101,15 +140,18 @@ def offerings(
         for node in node_list:
             if node.name in occupied or not node.zone or not pool.matches(dict(node.labels)):
                 continue
-            if node_accepts(node, tolerations):
+            fits = room is None or node.name not in room or room[node.name].fits(request)
+            if fits and node_accepts(node, tolerations):
                 free[node.zone] += 1
-        for zone, count in sorted(free.items()):
+        scalable = autoscaled_zones(pool, node_pools or {}, node_list, request)
+        for zone in sorted(set(free) | set(scalable)):
             until = cooldowns.get(cooldown_key(pool.name, zone))
             if until and until > now:
                 continue
-            count -= pending[(pool.name, zone)]
+            existing = free[zone] - pending[(pool.name, zone)]
+            count = existing + (spec.max_nodes if zone in scalable else 0)
             if count > 0:
-                result.append(Offering(pool.name, zone, count))
+                result.append(Offering(pool.name, zone, count, max(existing, 0)))
     return result
 
 
@@ -165,3 +207,8 @@ def choose(spec: JobSpec, available: Sequence[Offering], workers: Sequence[PodVi
 
 def spot_capacity(available: Sequence[Offering], spec: JobSpec) -> int:
     return sum(o.free_nodes for o in available if spec.pool(o.pool).spot)
+
+
+def spot_nodes_free(available: Sequence[Offering], spec: JobSpec) -> int:
+    """Spot nodes that exist and could take a worker now: capacity that really arrived, not capacity hoped for."""
+    return sum(o.existing for o in available if spec.pool(o.pool).spot)

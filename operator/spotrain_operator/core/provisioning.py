@@ -1,0 +1,205 @@
+"""Capacity that an autoscaler makes on demand, and room on the nodes that exist: pure views for placement.
+
+- ``NodePoolView``: a Karpenter NodePool (karpenter.sh/v1) as placement needs it: the zones, capacity types and
+  instance types its requirements allow, and whether its ``limits`` leave room for another node.
+- ``NodeRoom``: a node's allocatable resources minus the requests of every pod bound to it (any job, any owner),
+  so that two jobs, or a job and a big pod, are never placed on the same full node.
+- Manifests that protect a job from voluntary disruption: the rendezvous pod's PodDisruptionBudget, and the
+  annotations Karpenter and cluster-autoscaler honour.
+
+Quantities are parsed with the Kubernetes client's ``parse_quantity`` (the API's own suffix rules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from kubernetes.utils.quantity import parse_quantity
+
+from spotrain_operator import wellknown as wk
+
+if TYPE_CHECKING:  # placement and pods import this module
+    from spotrain_operator.core.placement import Choice
+    from spotrain_operator.core.pods import JobRef
+
+Resources = Mapping[str, Decimal]
+NODEPOOL_LABEL = wk.KARPENTER_NODEPOOL
+
+
+def _quantities(values: Mapping[str, Any] | None) -> dict[str, Decimal]:
+    return {k: parse_quantity(v) for k, v in (values or {}).items()}
+
+
+def _add(total: dict[str, Decimal], more: Resources) -> None:
+    for k, v in more.items():
+        total[k] = total.get(k, Decimal(0)) + v
+
+
+def pod_requests(pod_spec: Mapping[str, Any]) -> dict[str, Decimal]:
+    """What the scheduler reserves for a pod: the sum of its containers' requests (a limit alone counts as the
+    request, as the API server defaults it), at least the largest init container's, plus the pod overhead."""
+
+    def container(c: Mapping[str, Any]) -> dict[str, Decimal]:
+        resources = c.get("resources") or {}
+        return {**_quantities(resources.get("limits")), **_quantities(resources.get("requests"))}
+
+    total: dict[str, Decimal] = {}
+    for c in pod_spec.get("containers") or []:
+        _add(total, container(c))
+    for c in pod_spec.get("initContainers") or []:
+        for k, v in container(c).items():
+            total[k] = max(total.get(k, Decimal(0)), v)
+    _add(total, _quantities(pod_spec.get("overhead")))
+    return total
+
+
+@dataclass(frozen=True)
+class NodeRoom:
+    """A node's allocatable resources and what the pods bound to it already request."""
+
+    allocatable: Resources
+    requested: Resources = field(default_factory=dict)
+    pods: int = 0
+
+    def fits(self, request: Resources) -> bool:
+        if "pods" in self.allocatable and self.pods + 1 > self.allocatable["pods"]:
+            return False
+        return all(v <= 0 or self.allocatable.get(k, Decimal(0)) - self.requested.get(k, Decimal(0)) >= v
+                   for k, v in request.items())
+
+    @classmethod
+    def of(cls, allocatable: Mapping[str, Any], pod_requests_on_node: Iterable[Resources]) -> NodeRoom:
+        requested: dict[str, Decimal] = {}
+        count = 0
+        for r in pod_requests_on_node:
+            _add(requested, r)
+            count += 1
+        return cls(_quantities(allocatable), requested, count)
+
+
+def bound_pod_requests(body: Mapping[str, Any]) -> tuple[str, dict[str, Decimal]] | None:
+    """(node, requests) of a pod that holds resources on a node: bound and not finished (the scheduler frees
+    the resources of Succeeded and Failed pods)."""
+    spec = body.get("spec") or {}
+    node = spec.get("nodeName")
+    phase = (body.get("status") or {}).get("phase")
+    if not node or phase in ("Succeeded", "Failed"):
+        return None
+    return node, pod_requests(spec)
+
+
+def _requirement_values(requirements: Sequence[Mapping[str, Any]], key: str) -> tuple[str, ...] | None:
+    """The values a NodePool allows for a label: None when unconstrained. Only ``In`` narrows here; other
+    operators (NotIn, Exists, Gt) leave the choice to Karpenter."""
+    for r in requirements:
+        if r.get("key") == key and r.get("operator") == "In":
+            return tuple(r.get("values") or ())
+    return None
+
+
+@dataclass(frozen=True)
+class NodePoolView:
+    name: str
+    zones: tuple[str, ...] | None = None  # None: no zone requirement
+    capacity_types: tuple[str, ...] | None = None
+    instance_types: tuple[str, ...] | None = None
+    limits: Resources = field(default_factory=dict)
+    usage: Resources = field(default_factory=dict)  # status.resources: what its nodes hold now
+    deleting: bool = False
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> NodePoolView:
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        requirements = ((spec.get("template") or {}).get("spec") or {}).get("requirements") or []
+        return cls(
+            name=meta["name"],
+            zones=_requirement_values(requirements, wk.ZONE),
+            capacity_types=_requirement_values(requirements, wk.KARPENTER_CAPACITY_TYPE),
+            instance_types=_requirement_values(requirements, wk.INSTANCE_TYPE),
+            limits=_quantities(spec.get("limits")),
+            usage=_quantities((body.get("status") or {}).get("resources")),
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+    def can_launch(self, capacity_type: str, node_selector: Mapping[str, str], request: Resources) -> bool:
+        """Whether Karpenter could launch a node for a pod with this selector and request: the NodePool allows
+        the capacity type and instance type, and its limits leave at least the pod's request. Karpenter launches
+        nothing once usage exceeds a limit and skips instance types larger than what is left
+        (pkg/apis/v1/nodepool.go Limits.ExceededBy; the provisioner's remaining-resources filter); the node's
+        size is Karpenter's choice, so a too-small remainder above the request shows as a provisioning timeout."""
+        if self.deleting:
+            return False
+        if self.capacity_types is not None and capacity_type not in self.capacity_types:
+            return False
+        instance_type = node_selector.get(wk.INSTANCE_TYPE)
+        if instance_type and self.instance_types is not None and instance_type not in self.instance_types:
+            return False
+        for resource, limit in self.limits.items():
+            remaining = limit - self.usage.get(resource, Decimal(0))
+            needed = Decimal(1) if resource == "nodes" else request.get(resource, Decimal(0))
+            if remaining <= 0 or remaining < needed:
+                return False
+        return True
+
+
+def node_pool_of(node_selector: Mapping[str, str], node_pools: Mapping[str, NodePoolView]) -> NodePoolView | None:
+    name = node_selector.get(NODEPOOL_LABEL)
+    return node_pools.get(name) if name else None
+
+
+# -- protection from voluntary disruption --------------------------------------------------------------------
+
+def disruption_annotations() -> dict[str, str]:
+    """Annotations for workers and the rendezvous pod: consolidation would only restart training elsewhere.
+    A disruption the job cannot veto (spot interruption, expiry, drift) still comes as the node's
+    karpenter.sh/disrupted taint and goes through the drain."""
+    return {wk.KARPENTER_DO_NOT_DISRUPT: "true", wk.CA_SAFE_TO_EVICT: "false"}
+
+
+def render_rendezvous_pdb(job_name: str, namespace: str, owner: Mapping[str, Any]) -> dict[str, Any]:
+    """A PodDisruptionBudget that refuses voluntary evictions (kubectl drain, autoscaler scale-down) of the job's
+    rendezvous pod: losing the store restarts every worker from the last checkpoint."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": f"{job_name}-rdzv", "namespace": namespace, "labels": {wk.JOB_LABEL: job_name},
+                     "ownerReferences": [dict(owner)]},
+        "spec": {"maxUnavailable": 0,
+                 "selector": {"matchLabels": {wk.JOB_LABEL: job_name, wk.ROLE_LABEL: "rendezvous"}}},
+    }
+
+
+# -- return-to-spot probes ------------------------------------------------------------------------------------
+
+PROBE_ROLE = "probe"
+PROBE_IMAGE = "registry.k8s.io/pause:3.10"  # runs nothing; every node already has it as its sandbox image
+
+
+def render_probe(job: JobRef, choice: Choice, serial: int, round_: int, node_selector: Mapping[str, str],
+                 tolerations: Sequence[Mapping[str, Any]], requests: Resources) -> dict[str, Any]:
+    """A pod of a worker's size pinned where a worker would go, that runs nothing and joins no rendezvous: it makes
+    the autoscaler provision a spot node without costing the job a restart, and its Running says the node came."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{job.name}-probe-{serial}-g{round_}",
+            "namespace": job.namespace,
+            "labels": {wk.JOB_LABEL: job.name, wk.ROLE_LABEL: PROBE_ROLE, wk.ROUND_LABEL: str(round_),
+                       wk.POOL_LABEL: choice.pool, wk.SERIAL_LABEL: str(serial)},
+            "annotations": {wk.ZONE: choice.zone},
+            "ownerReferences": [job.owner_reference()],
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "terminationGracePeriodSeconds": 0,
+            "nodeSelector": {**node_selector, wk.ZONE: choice.zone},
+            "tolerations": [dict(t) for t in tolerations],
+            "containers": [{"name": "probe", "image": PROBE_IMAGE,
+                            "resources": {"requests": {k: str(v) for k, v in requests.items()}}}],
+        },
+    }
