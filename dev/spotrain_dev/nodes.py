@@ -9,6 +9,7 @@ a node that stops heartbeating, and a node that is deleted.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from kubernetes.client.rest import ApiException
 from spotrain_dev import topology
 from spotrain_dev.topology import Topology
 from spotrain_operator import wellknown as wk
+
+NTH_MAX_TAINT_VALUE = 63  # aws-node-termination-handler pkg/node/node.go:68
+KUBELET_SHUTDOWN_POD_MESSAGE = "Pod was terminated in response to imminent node shutdown."  # nodeShutdownMessage
 
 
 def _now() -> datetime.datetime:
@@ -130,6 +134,13 @@ class NodeSimulator:
             body["metadata"] = {"labels": labels or {}, "annotations": annotations or {}}
         self.api.patch_node(node, body)
 
+    def cordon(self, node: str) -> None:
+        """``kubectl cordon``, as NTH's drain helper does it (k8s.io/kubectl/pkg/drain RunCordonOrUncordon)."""
+        self.api.patch_node(node, {"spec": {"unschedulable": True}})
+
+    def label(self, node: str, labels: dict[str, str]) -> None:
+        self.api.patch_node(node, {"metadata": {"labels": labels}})
+
     def set_not_ready(self, node: str, reason: str, message: str, status: str = "Unknown") -> None:
         # KWOK keeps a managed node Ready; a node whose kubelet has gone stops being managed first.
         self.api.patch_node(node, {"metadata": {"annotations": {topology.KWOK_ANNOTATION: None}}})
@@ -138,24 +149,21 @@ class NodeSimulator:
                      "lastHeartbeatTime": now, "lastTransitionTime": now}
         self.api.patch_node_status(node, {"status": {"conditions": [condition]}})
 
-    def fail_pods_for_shutdown(self, node: str) -> None:
-        """What kubelet graceful node shutdown does to each pod on the node."""
+    def terminate_pods_for_shutdown(self, node: str, finished: bool) -> None:
+        """What kubelet graceful node shutdown does to each pod on the node (kubernetes
+        pkg/kubelet/nodeshutdown/nodeshutdown_manager_linux.go, managerImpl.processShutdownEvent): the pod is
+        killed with the shutdown grace period and gets the DisruptionTarget condition, reason
+        TerminationByKubelet; once its containers have stopped (``finished``) its phase is Failed with
+        reason Terminated and the message below (nodeShutdownReason, nodeShutdownMessage)."""
         now = _rfc3339(_now())
+        disruption = {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+                      "message": KUBELET_SHUTDOWN_POD_MESSAGE, "lastTransitionTime": now}
         for pod in self.api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items:
-            body = {
-                "status": {
-                    "phase": "Failed",
-                    "reason": "Terminated",
-                    "message": "Pod was terminated in response to imminent node shutdown.",
-                    "conditions": [
-                        {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
-                         "message": "Pod was terminated in response to imminent node shutdown.",
-                         "lastTransitionTime": now},
-                        {"type": "Ready", "status": "False", "lastTransitionTime": now},
-                    ],
-                }
-            }
-            self.api.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, body)
+            status: dict[str, Any] = {"conditions": [disruption]}
+            if finished:
+                status.update(phase="Failed", reason="Terminated", message=KUBELET_SHUTDOWN_POD_MESSAGE,
+                              conditions=[disruption, {"type": "Ready", "status": "False", "lastTransitionTime": now}])
+            self.api.patch_namespaced_pod_status(pod.metadata.name, pod.metadata.namespace, {"status": status})
 
 
 def _is_ready(node: client.V1Node) -> bool:
@@ -177,13 +185,41 @@ def capacity_type(labels: dict[str, str]) -> str:
     return "on-demand"
 
 
-def _nth(key: str) -> Callable[[NodeSimulator, str, int], None]:
+# -- the AWS Node Termination Handler, as aws/aws-node-termination-handler writes it (commit 62a8761d, with
+# --taint-node=true; its default is false, pkg/config/config.go:231, and then it writes no taint at all) --------
+#
+# For each event NTH runs the monitor's pre-drain task, then cordons (and, except for a rebalance
+# recommendation, drains) the node: pkg/interruptionevent/draincordon/handler.go:83-119. The taint's value is the
+# event id cut to 63 characters, its effect --taint-effect (default NoSchedule, config.go:82): node.go:454-548,
+# 770-857. No taint carries a time. The drain that follows (evictions with the pods' own grace period, within
+# --node-termination-grace-period) is not simulated here: the operator's own drain is what the tests exercise.
+# NTH's --taint-node writes no time and the IMDS notice's own time never reaches the Node, so ``lead`` is unused.
+
+def _nth_event_id(prefix: str) -> str:
+    """An IMDS-mode event id: "<kind>-" and a sha256 in hex (spot-itn-monitor.go:88,
+    rebalance-recommendation-monitor.go:86, asg-lifecycle-monitor.go:86)."""
+    return f"{prefix}-{hashlib.sha256(uuid.uuid4().bytes).hexdigest()}"
+
+
+def _nth_taint(key: str, event_prefix: str) -> Callable[[NodeSimulator, str, int], None]:
     def apply(sim: NodeSimulator, node: str, lead: int) -> None:
-        action_time = _now() + datetime.timedelta(seconds=lead)
-        # NTH names its event ids after the event kind and a hash; the value only has to be unique.
-        sim.taint(node, key, f"{key.rsplit('/', 1)[-1]}-{uuid.uuid4().hex[:8]}", cordon=True,
-                  labels={wk.NTH_ACTION_TIME_LABEL: str(int(action_time.timestamp()))})
+        sim.taint(node, key, _nth_event_id(event_prefix)[:NTH_MAX_TAINT_VALUE])
+        sim.cordon(node)
     return apply
+
+
+def _nth_scheduled_maintenance(sim: NodeSimulator, node: str, lead: int) -> None:
+    """A reboot-like scheduled event (instance-stop, instance-retirement, instance-reboot, system-reboot); NTH's
+    pre-drain task for it (scheduled-event-monitor.go:117-143): label event-id, taint with the event id, then,
+    unless the node is already cordoned, label action=UncordonAfterReboot and action-time = the unix time now
+    (node.go:227-299). Other scheduled events get no pre-drain task: only the cordon and drain."""
+    event = f"instance-event-{uuid.uuid4().hex[:17]}"
+    sim.label(node, {wk.NTH_EVENT_ID_LABEL: event})
+    sim.taint(node, wk.NTH_SCHEDULED_MAINTENANCE, event[:NTH_MAX_TAINT_VALUE])
+    if not sim.api.read_node(node).spec.unschedulable:
+        sim.label(node, {wk.NTH_ACTION_LABEL: wk.NTH_UNCORDON_AFTER_REBOOT})
+        sim.label(node, {wk.NTH_ACTION_TIME_LABEL: str(int(_now().timestamp()))})
+    sim.cordon(node)
 
 
 def _taint(key: str, value: str = "", effect: str = "NoSchedule") -> Callable[[NodeSimulator, str, int], None]:
@@ -194,9 +230,14 @@ def _ca_scale_down(sim: NodeSimulator, node: str, lead: int) -> None:
     sim.taint(node, wk.CA_TO_BE_DELETED, str(int(_now().timestamp())))
 
 
-def _gke_shutdown(sim: NodeSimulator, node: str, lead: int) -> None:
-    sim.set_not_ready(node, "KubeletNotReady", "node is shutting down", status="False")
-    sim.fail_pods_for_shutdown(node)
+def _gke_shutdown(finished: bool) -> Callable[[NodeSimulator, str, int], None]:
+    """kubelet graceful node shutdown: the node reports Ready=False, reason KubeletNotReady, message "node is
+    shutting down" (nodeshutdown_manager_linux.go, ShutdownStatus; pkg/kubelet/nodestatus/setters.go,
+    ReadyCondition), and its pods are terminated; ``finished``: their containers have stopped."""
+    def apply(sim: NodeSimulator, node: str, lead: int) -> None:
+        sim.set_not_ready(node, "KubeletNotReady", "node is shutting down", status="False")
+        sim.terminate_pods_for_shutdown(node, finished)
+    return apply
 
 
 def _agent(sim: NodeSimulator, node: str, lead: int) -> None:
@@ -207,18 +248,23 @@ def _agent(sim: NodeSimulator, node: str, lead: int) -> None:
 SIGNALS: dict[str, Signal] = {
     s.name: s
     for s in [
-        Signal("nth-spot-itn", "AWS NTH: spot interruption notice taint + cordon", _nth(wk.NTH_SPOT_ITN)),
-        Signal("nth-rebalance", "AWS NTH: rebalance recommendation taint + cordon", _nth(wk.NTH_REBALANCE)),
-        Signal("nth-asg-lifecycle", "AWS NTH: ASG lifecycle termination taint", _nth(wk.NTH_ASG_LIFECYCLE)),
-        Signal("nth-scheduled-maintenance", "AWS NTH: scheduled maintenance taint",
-               _nth(wk.NTH_SCHEDULED_MAINTENANCE)),
+        Signal("nth-spot-itn", "AWS NTH: spot interruption taint (value: event id) + cordon",
+               _nth_taint(wk.NTH_SPOT_ITN, "spot-itn")),
+        Signal("nth-rebalance", "AWS NTH: rebalance recommendation taint + cordon",
+               _nth_taint(wk.NTH_REBALANCE, "rebalance-recommendation")),
+        Signal("nth-asg-lifecycle", "AWS NTH: ASG lifecycle termination taint + cordon",
+               _nth_taint(wk.NTH_ASG_LIFECYCLE, "target-lifecycle-state-terminated")),
+        Signal("nth-scheduled-maintenance", "AWS NTH: reboot-like scheduled event: event-id label, taint, "
+               "action/action-time labels, cordon", _nth_scheduled_maintenance),
         Signal("karpenter", "Karpenter v1: karpenter.sh/disrupted:NoSchedule", _taint(wk.KARPENTER_DISRUPTED)),
         Signal("karpenter-v1beta1", "Karpenter v1beta1: karpenter.sh/disruption=disrupting",
                _taint(wk.KARPENTER_DISRUPTION_V1BETA1, "disrupting")),
         Signal("gke-impending", "GKE: cloud.google.com/impending-node-termination taint",
                _taint(wk.GKE_IMPENDING_TERMINATION)),
-        Signal("gke-shutdown", "GKE: kubelet graceful node shutdown (NotReady, pods DisruptionTarget)",
-               _gke_shutdown),
+        Signal("gke-shutdown-begins", "GKE: kubelet graceful node shutdown under way (NotReady 'node is shutting "
+               "down', pods DisruptionTarget while their containers stop)", _gke_shutdown(finished=False)),
+        Signal("gke-shutdown", "GKE: kubelet graceful node shutdown done (NotReady, pods Failed, DisruptionTarget)",
+               _gke_shutdown(finished=True)),
         Signal("aks-drain", "AKS: node auto-drain taint", _taint(wk.AKS_REMEDIATOR_UNSCHEDULABLE)),
         Signal("ca-scale-down", "cluster-autoscaler: ToBeDeletedByClusterAutoscaler", _ca_scale_down),
         Signal("spotrain-agent", "spotrain-agent: interruption taint + deadline annotation", _agent),

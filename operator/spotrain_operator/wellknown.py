@@ -26,7 +26,10 @@ NTH_SPOT_ITN = "aws-node-termination-handler/spot-itn"
 NTH_REBALANCE = "aws-node-termination-handler/rebalance-recommendation"
 NTH_ASG_LIFECYCLE = "aws-node-termination-handler/asg-lifecycle-termination"
 NTH_SCHEDULED_MAINTENANCE = "aws-node-termination-handler/scheduled-maintenance"
-NTH_ACTION_TIME_LABEL = "aws-node-termination-handler/action-time"
+NTH_ACTION_TIME_LABEL = "aws-node-termination-handler/action-time"  # unix seconds when NTH added the action label
+NTH_ACTION_LABEL = "aws-node-termination-handler/action"  # only value NTH writes: "UncordonAfterReboot"
+NTH_UNCORDON_AFTER_REBOOT = "UncordonAfterReboot"
+NTH_EVENT_ID_LABEL = "aws-node-termination-handler/event-id"  # the scheduled event NTH acted on
 KARPENTER_DISRUPTED = "karpenter.sh/disrupted"  # v1, NoSchedule
 KARPENTER_DISRUPTION_V1BETA1 = "karpenter.sh/disruption"  # v1beta1, value "disrupting"
 GKE_IMPENDING_TERMINATION = "cloud.google.com/impending-node-termination"
@@ -53,6 +56,9 @@ KIND = "SpotTrainingJob"
 AGENT_INTERRUPTION_TAINT = "spotrain.dev/interruption"  # set by spotrain-agent; value: the source
 AGENT_DEADLINE_ANNOTATION = "spotrain.dev/interruption-deadline"  # RFC 3339
 AGENT_EVENT_ANNOTATION = "spotrain.dev/interruption-event"  # the cloud's event id, for acknowledgement
+# set by the operator's AWS queue mode in the same patch as the interruption taint: the EventBridge event id;
+# while it equals the interruption-event annotation, the mark came from the queue (source awsQueue)
+QUEUE_EVENT_ANNOTATION = "spotrain.dev/queue-event"
 NODE_DRAINED_ANNOTATION = "spotrain.dev/drained"  # set by the operator once no worker is left on the node
 
 # -- spotrain's labels on the objects it creates ------------------------------------------------------------
