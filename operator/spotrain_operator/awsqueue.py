@@ -12,9 +12,15 @@ an SQS queue the operator long-polls:
   .entityValue``; deadline: ``detail.startTime`` -> ``aws-scheduled``.
 
 An instance maps to the Node whose ``spec.providerID`` ends with ``/<instance-id>`` (``aws:///<az>/<id>``); the
-Node is marked with the same code as spotrain-agent (``agent.node_marker``), so the operator reads one contract.
-Messages for instances outside this cluster are deleted and counted, malformed ones are logged and deleted,
-and a message whose Node could not be patched stays in the queue to be delivered again.
+Node is marked with the same contract as spotrain-agent (``agent.node_marker``), so the operator reads one
+contract, plus ``spotrain.dev/queue-event`` in the same patch, so that a job's ``sources.awsQueue: false`` turns off
+every notice the queue gave. Messages for instances outside this cluster are deleted and counted, malformed ones
+are logged and deleted, and a message whose Node could not be patched stays in the queue to be delivered again.
+
+Each message is handled on its own: one that cannot be parsed or handled never stops the rest of its batch, and
+one that keeps failing is deleted once SQS has delivered it ``max_receives`` times (0: never; a redrive policy on
+the queue then moves it to a dead-letter queue). SQS consumers compete for messages, so the queue must be
+dedicated to spotrain: sharing Karpenter's or NTH's queue would take their messages.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from prometheus_client import Counter
 
+from spotrain_operator.agent import node_marker
 from spotrain_operator.agent.interruption import (
     AWS_REBALANCE,
     AWS_SCHEDULED,
@@ -43,7 +50,8 @@ from spotrain_operator.agent.interruption import (
     parse_rfc1123,
     parse_rfc3339,
 )
-from spotrain_operator.agent.node_marker import NodeMarker
+from spotrain_operator.agent.node_marker import MarkResult, NodeMarker
+from spotrain_operator.wellknown import AGENT_INTERRUPTION_TAINT, QUEUE_EVENT_ANNOTATION
 
 log = logging.getLogger("spotrain.awsqueue")
 
@@ -55,7 +63,7 @@ GOING_STATES = frozenset({"shutting-down", "stopping", "stopped", "terminated"})
 SPOT_NOTICE = datetime.timedelta(seconds=120)
 
 MESSAGES = Counter("spotrain_awsqueue_messages", "SQS messages handled by the AWS queue consumer, by outcome "
-                   "(marked, unchanged, unknown_instance, ignored, malformed, failed).", ["outcome"])
+                   "(marked, unchanged, unknown_instance, ignored, malformed, failed, error, poison).", ["outcome"])
 
 
 class MalformedMessage(ValueError):
@@ -86,19 +94,33 @@ def _instance_id(value: object) -> str:
     return value
 
 
-def parse_message(body: str | bytes) -> QueueEvent:
-    """Parses an SQS message body holding an EventBridge event (also inside an SNS envelope)."""
+def parse_message(body: object) -> QueueEvent:
+    """Parses an SQS message body holding an EventBridge event (also inside an SNS envelope); raises
+    ``MalformedMessage``, and nothing else, for anything that is not one (deep nesting, times out of range,
+    wrong types)."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise MalformedMessage(f"not JSON: {body[:80]!r}") from e
+        return _parse_event(body)
+    except MalformedMessage:
+        raise
+    except (TypeError, ValueError, OverflowError, RecursionError, AttributeError) as e:
+        raise MalformedMessage(f"not an EventBridge event: {type(e).__name__}: {str(e)[:120]}") from e
+
+
+def _json(text: object, what: str) -> Any:
+    if not isinstance(text, str | bytes):
+        raise MalformedMessage(f"{what}: not text but {type(text).__name__}")
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise MalformedMessage(f"{what}: not JSON: {text[:80]!r}") from e
+
+
+def _parse_event(body: object) -> QueueEvent:
+    doc = _json(body, "message body")
     if isinstance(doc, dict) and doc.get("Type") == "Notification" and isinstance(doc.get("Message"), str):
-        try:
-            doc = json.loads(doc["Message"])  # EventBridge -> SNS -> SQS
-        except ValueError as e:
-            raise MalformedMessage("SNS envelope without a JSON message") from e
+        doc = _json(doc["Message"], "SNS envelope")  # EventBridge -> SNS -> SQS
     if not isinstance(doc, dict):
-        raise MalformedMessage(f"not an object: {body[:80]!r}")
+        raise MalformedMessage(f"not an object: {str(body)[:80]!r}")
     detail_type = _str(doc, "detail-type", "event")
     event_id = _str(doc, "id", "event")
     detail = doc.get("detail")
@@ -167,6 +189,35 @@ def instance_id_from_provider_id(provider_id: str | None) -> str | None:
     return last if last.startswith("i-") else None
 
 
+class QueueNodeMarker(NodeMarker):
+    """A ``NodeMarker`` whose marks say they came from the queue: a patch that sets the interruption taint also
+    sets ``spotrain.dev/queue-event`` to the event id, in the same patch, so no reader ever sees the queue's
+    mark without its origin. A patch that only refines a mark another source set (an earlier deadline, a
+    missing event id) leaves the origin alone.
+
+    The one known overlap: when the agent and the queue both see the same interruption, whichever set the
+    taint first owns the mark (the other only refines it), so with ``sources.awsQueue: false`` a mark the queue
+    set first hides the agent's sighting of the same event."""
+
+    def mark(self, node_name: str, interruption: Interruption) -> MarkResult:
+        for attempt in range(self.conflict_retries):
+            node = self.read(node_name)
+            patch = node_marker.plan_patch(node, interruption)
+            if patch is None:
+                return MarkResult(node_name, False, None, node_marker.is_drained(node))
+            if any(t.get("key") == AGENT_INTERRUPTION_TAINT for t in patch.get("spec", {}).get("taints", [])):
+                patch["metadata"].setdefault("annotations", {})[QUEUE_EVENT_ANNOTATION] = interruption.event_id
+            try:
+                self.core.patch_node(node_name, patch, field_manager=self.field_manager,
+                                     _content_type=node_marker.MERGE_PATCH, _request_timeout=self.request_timeout)
+            except ApiException as e:
+                if e.status == 409 and attempt + 1 < self.conflict_retries:
+                    continue
+                raise
+            return MarkResult(node_name, True, patch, node_marker.is_drained(node))
+        raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
 @dataclass
 class PollResult:
     """What one ``poll_once`` did."""
@@ -178,6 +229,8 @@ class PollResult:
     ignored: int = 0  # events that ask for nothing (state running, other detail types)
     malformed: int = 0
     failed: list[str] = field(default_factory=list)  # message ids left in the queue (a Node patch failed)
+    errors: int = 0  # messages whose handling raised something unexpected (left in the queue, or poison)
+    poison: list[str] = field(default_factory=list)  # message ids deleted after max_receives failed deliveries
     deleted: int = 0
 
 
@@ -194,6 +247,7 @@ class AwsQueueConsumer:
         wait_time_seconds: int = 20,
         max_messages: int = 10,
         retry_visibility_timeout: int | None = 10,
+        max_receives: int = 5,
         node_cache_seconds: float = 60.0,
         sqs_client: Any = None,
         marker: NodeMarker | None = None,
@@ -204,9 +258,10 @@ class AwsQueueConsumer:
         self.wait_time_seconds = wait_time_seconds
         self.max_messages = max_messages
         self.retry_visibility_timeout = retry_visibility_timeout
+        self.max_receives = max_receives
         self.node_cache_seconds = node_cache_seconds
         self.sqs = sqs_client or boto3.client("sqs", region_name=region, endpoint_url=endpoint_url)
-        self.marker = marker or NodeMarker(core, field_manager="spotrain-operator")
+        self.marker = marker or QueueNodeMarker(core, field_manager="spotrain-operator")
         self._monotonic = monotonic
         self._nodes: dict[str, str] = {}  # instance id -> Node name
         self._nodes_at: float | None = None
@@ -240,19 +295,50 @@ class AwsQueueConsumer:
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=self.max_messages,
             WaitTimeSeconds=self.wait_time_seconds,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
         result = PollResult()
         refreshed = [False]
-        for message in resp.get("Messages", []):
+        messages = resp.get("Messages")
+        for message in messages if isinstance(messages, list) else []:
             result.received += 1
-            delete = self._handle(message, result, refreshed)
-            if delete:
-                self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
-                result.deleted += 1
-            else:
-                result.failed.append(message.get("MessageId", ""))
+            message_id = str(message.get("MessageId", ""))
+            try:
+                done = self._handle(message, result, refreshed)
+            except Exception:
+                result.errors += 1
+                self._count("error")
+                log.exception("unexpected error handling queue message %s", message_id)
+                done = False
+            if not done and self._is_poison(message):
+                result.poison.append(message_id)
+                self._count("poison")
+                log.error("deleting queue message %s after %d deliveries that all failed", message_id,
+                          self.max_receives)
+                done = True
+            elif not done:
+                result.failed.append(message_id)
                 self._retry_soon(message)
+            if done and self._delete(message):
+                result.deleted += 1
         return result
+
+    def _is_poison(self, message: Mapping[str, Any]) -> bool:
+        """Delivered ``max_receives`` times already (SQS counts the deliveries; 0 never gives up)."""
+        attributes = message.get("Attributes")
+        received = attributes.get("ApproximateReceiveCount") if isinstance(attributes, Mapping) else None
+        try:
+            return self.max_receives > 0 and int(received) >= self.max_receives
+        except (TypeError, ValueError):
+            return False
+
+    def _delete(self, message: Mapping[str, Any]) -> bool:
+        try:
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+            return True
+        except Exception as e:  # it comes back after its visibility timeout and is handled again, idempotently
+            log.warning("cannot delete queue message %s: %s", message.get("MessageId", ""), _short(e))
+            return False
 
     def _count(self, outcome: str, n: int = 1) -> None:
         self.totals[outcome] += n
@@ -262,7 +348,7 @@ class AwsQueueConsumer:
         """Handles one message; returns whether to delete it."""
         message_id = message.get("MessageId", "")
         try:
-            event = parse_message(message.get("Body", ""))
+            event = parse_message(message.get("Body"))
         except MalformedMessage as e:
             result.malformed += 1
             self._count("malformed")
@@ -357,10 +443,11 @@ def start_queue_consumer(
     endpoint_url: str | None,
     stop_event: threading.Event,
     wait_time_seconds: int = 20,
+    max_receives: int = 5,
 ) -> AwsQueueConsumer:
     """Starts the consumer in a daemon thread (``consumer.thread``) that runs until ``stop_event`` is set."""
     consumer = AwsQueueConsumer(client.CoreV1Api(api_client), queue_url, region=region, endpoint_url=endpoint_url,
-                                wait_time_seconds=wait_time_seconds)
+                                wait_time_seconds=wait_time_seconds, max_receives=max_receives)
     consumer.thread = threading.Thread(target=consumer.run, args=(stop_event,), name="aws-queue", daemon=True)
     consumer.thread.start()
     log.info("consuming EC2 interruption events from %s", queue_url)

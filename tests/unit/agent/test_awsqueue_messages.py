@@ -7,12 +7,26 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from kubernetes import client
+from kubernetes.client.rest import ApiException
 
+from spotrain_operator import awsqueue
 from spotrain_operator.agent.interruption import AWS_REBALANCE, AWS_SCHEDULED, AWS_SPOT_ITN, AWS_STATE_CHANGE
-from spotrain_operator.awsqueue import MalformedMessage, instance_id_from_provider_id, parse_message
+from spotrain_operator.awsqueue import AwsQueueConsumer, MalformedMessage, instance_id_from_provider_id, parse_message
+from spotrain_operator.core.model import NodeView
+from spotrain_operator.core.termination import node_notice
+from spotrain_operator.wellknown import (
+    AGENT_DEADLINE_ANNOTATION,
+    AGENT_EVENT_ANNOTATION,
+    AGENT_INTERRUPTION_TAINT,
+    QUEUE_EVENT_ANNOTATION,
+)
 
 UTC = datetime.UTC
 INSTANCE = "i-1234567890abcdef0"
+NOW = datetime.datetime(2026, 1, 1, 8, 20, tzinfo=UTC)
 
 
 def envelope(detail_type: str, detail: dict[str, Any], source: str = "aws.ec2", **extra: Any) -> dict[str, Any]:
@@ -147,3 +161,186 @@ def test_malformed(raw: str) -> None:
 )
 def test_instance_from_provider_id(provider_id: str | None, instance: str | None) -> None:
     assert instance_id_from_provider_id(provider_id) == instance
+
+
+# -- what a malformed message must not do: raise anything but MalformedMessage -------------------------------------
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        42,
+        "[" * 100_000 + "]" * 100_000,  # deeper than the JSON parser recurses
+        body(envelope("EC2 Spot Instance Interruption Warning", {"instance-id": INSTANCE},
+                      time="9999-12-31T23:59:59Z")),  # + the 2 minutes AWS gives is past the last datetime
+        body(envelope(["EC2 Spot Instance Interruption Warning"], {"instance-id": INSTANCE})),  # type: ignore[arg-type]
+        body(envelope("EC2 Instance State-change Notification", {"instance-id": INSTANCE, "state": ["stopped"]})),
+        body(health() | {"detail": health()["detail"] | {"startTime": 1767254400}}),
+        body(health() | {"detail": health()["detail"] | {"affectedEntities": [[INSTANCE]]}}),
+        body({"Type": "Notification", "Message": "[" * 100_000}),
+    ],
+)
+def test_malformed_input_raises_only_malformed_message(raw: Any) -> None:
+    with pytest.raises(MalformedMessage):
+        parse_message(raw)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+DETAIL_TYPES = ["EC2 Spot Instance Interruption Warning", "EC2 Instance Rebalance Recommendation",
+                "EC2 Instance State-change Notification", "AWS Health Event", "Other"]
+detail_keys = st.sampled_from(["instance-id", "instance-action", "state", "service", "eventTypeCategory",
+                               "affectedEntities", "startTime", "eventTypeCode"])
+details = st.dictionaries(detail_keys, json_values | st.just(INSTANCE) | st.just("EC2") | st.just("scheduledChange")
+                          | st.just("stopped") | st.just([{"entityValue": INSTANCE}]), max_size=8)
+times = st.datetimes(timezones=st.just(UTC)).map(lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")) | json_values
+
+
+def _parses_or_is_malformed(raw: Any) -> None:
+    try:
+        event = parse_message(raw)
+    except MalformedMessage:
+        return
+    assert all(i.startswith("i-") for i in event.instance_ids)
+    assert event.interruption is None or event.interruption.deadline is None or event.interruption.deadline.tzinfo
+
+
+@given(json_values)
+def test_any_json_parses_or_is_malformed(doc: Any) -> None:
+    _parses_or_is_malformed(json.dumps(doc))
+
+
+@given(st.sampled_from(DETAIL_TYPES) | json_values, st.text(max_size=40) | json_values, times, details | json_values,
+       st.booleans())
+def test_any_event_shape_parses_or_is_malformed(detail_type: Any, event_id: Any, when: Any, detail: Any,
+                                                via_sns: bool) -> None:
+    doc = {"id": event_id, "detail-type": detail_type, "time": when, "detail": detail}
+    raw = json.dumps(doc)
+    _parses_or_is_malformed(json.dumps({"Type": "Notification", "Message": raw}) if via_sns else raw)
+
+
+# -- one batch: each message on its own ------------------------------------------------------------------------------
+
+NODE = "spot-a-1"
+
+
+class FakeSQS:
+    def __init__(self, messages: list[dict[str, Any]]):
+        self.messages = messages
+        self.deleted: list[str] = []
+        self.retried: list[str] = []
+        self.receive_kwargs: dict[str, Any] = {}
+
+    def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+        self.receive_kwargs = kwargs
+        return {"Messages": self.messages}
+
+    def delete_message(self, QueueUrl: str, ReceiptHandle: str) -> None:
+        self.deleted.append(ReceiptHandle)
+
+    def change_message_visibility(self, QueueUrl: str, ReceiptHandle: str, VisibilityTimeout: int) -> None:
+        self.retried.append(ReceiptHandle)
+
+
+class FakeCore:
+    """One Node for INSTANCE; ``patch_error`` makes every patch fail."""
+
+    def __init__(self, patch_error: Exception | None = None):
+        self.node = client.V1Node(metadata=client.V1ObjectMeta(name=NODE, resource_version="1", annotations={}),
+                                  spec=client.V1NodeSpec(provider_id=f"aws:///us-east-1a/{INSTANCE}", taints=[]))
+        self.patches: list[dict[str, Any]] = []
+        self.patch_error = patch_error
+
+    def list_node(self, **_: Any) -> client.V1NodeList:
+        return client.V1NodeList(items=[self.node])
+
+    def read_node(self, name: str, **_: Any) -> client.V1Node:
+        return self.node
+
+    def patch_node(self, name: str, patch: dict[str, Any], **_: Any) -> None:
+        if self.patch_error:
+            raise self.patch_error
+        self.patches.append(patch)
+        meta = patch["metadata"]
+        self.node.metadata.annotations.update({k: v for k, v in meta.get("annotations", {}).items() if v})
+        if "spec" in patch:
+            self.node.spec.taints = [client.V1Taint(key=t["key"], value=t.get("value"), effect=t["effect"])
+                                     for t in patch["spec"]["taints"]]
+
+
+def message(handle: str, raw: Any, received: int = 1) -> dict[str, Any]:
+    return {"MessageId": handle, "ReceiptHandle": handle, "Body": raw,
+            "Attributes": {"ApproximateReceiveCount": str(received)}}
+
+
+SPOT = body(envelope("EC2 Spot Instance Interruption Warning", {"instance-id": INSTANCE,
+                                                                "instance-action": "terminate"}))
+
+
+def test_a_malformed_message_does_not_stop_its_batch() -> None:
+    sqs = FakeSQS([message("year-9999", body(envelope("EC2 Spot Instance Interruption Warning",
+                                                      {"instance-id": INSTANCE}, time="9999-12-31T23:59:59Z"))),
+                   message("nested", "[" * 100_000),
+                   message("wrong-type", None),
+                   message("good", SPOT)])
+    core = FakeCore()
+    result = AwsQueueConsumer(core, "q", sqs_client=sqs).poll_once()  # type: ignore[arg-type]
+    assert result.received == 4 and result.malformed == 3
+    assert result.marked == [(NODE, AWS_SPOT_ITN)]
+    assert sorted(sqs.deleted) == ["good", "nested", "wrong-type", "year-9999"]
+    assert sqs.receive_kwargs["MessageSystemAttributeNames"] == ["ApproximateReceiveCount"]
+
+
+def test_a_message_that_keeps_failing_is_deleted_after_max_receives() -> None:
+    sqs = FakeSQS([message("young", SPOT, received=1), message("old", SPOT, received=5)])
+    core = FakeCore(patch_error=ApiException(status=403, reason="Forbidden"))
+    result = AwsQueueConsumer(core, "q", sqs_client=sqs, max_receives=5).poll_once()  # type: ignore[arg-type]
+    assert result.failed == ["young"] and result.poison == ["old"]
+    assert sqs.deleted == ["old"] and sqs.retried == ["young"]
+    # 0: never give up; the queue's redrive policy moves it to a dead-letter queue instead.
+    sqs = FakeSQS([message("old", SPOT, received=500)])
+    result = AwsQueueConsumer(core, "q", sqs_client=sqs, max_receives=0).poll_once()  # type: ignore[arg-type]
+    assert result.failed == ["old"] and sqs.deleted == []
+
+
+def test_an_unexpected_error_on_one_message_leaves_the_rest_handled(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_parse = awsqueue.parse_message
+
+    def parse_with_a_bug(raw: Any) -> Any:
+        if raw == "bug":
+            raise RuntimeError("a bug in the parser")
+        return real_parse(raw)
+
+    monkeypatch.setattr(awsqueue, "parse_message", parse_with_a_bug)
+    sqs = FakeSQS([message("bug", "bug"), message("malformed", "{"), message("good", SPOT)])
+    result = AwsQueueConsumer(FakeCore(), "q", sqs_client=sqs).poll_once()  # type: ignore[arg-type]
+    assert result.errors == 1 and result.failed == ["bug"] and result.malformed == 1 and len(result.marked) == 1
+    assert sorted(sqs.deleted) == ["good", "malformed"] and sqs.retried == ["bug"]
+
+
+# -- the queue's marks say they are the queue's ------------------------------------------------------------------------
+
+def test_the_queue_marks_its_origin_in_the_patch_that_sets_the_taint() -> None:
+    core = FakeCore()
+    AwsQueueConsumer(core, "q", sqs_client=FakeSQS([message("m", SPOT)])).poll_once()  # type: ignore[arg-type]
+    (patch,) = core.patches
+    assert patch["spec"]["taints"][0]["key"] == AGENT_INTERRUPTION_TAINT
+    assert patch["metadata"]["annotations"][QUEUE_EVENT_ANNOTATION] == patch["metadata"]["annotations"][
+        AGENT_EVENT_ANNOTATION] == "1e5527d7-bb36-4607-3370-4164db56a40e"
+    view = NodeView.from_body(client.ApiClient().sanitize_for_serialization(core.node))
+    assert node_notice(view, NOW, {"agent"}, False) is None
+    assert node_notice(view, NOW, {"awsQueue"}, False) is not None
+
+
+def test_refining_the_agents_mark_leaves_it_the_agents() -> None:
+    core = FakeCore()
+    core.node.spec.taints = [client.V1Taint(key=AGENT_INTERRUPTION_TAINT, value=AWS_SPOT_ITN, effect="NoSchedule")]
+    core.node.metadata.annotations = {AGENT_DEADLINE_ANNOTATION: "2026-01-01T08:30:00Z"}
+    AwsQueueConsumer(core, "q", sqs_client=FakeSQS([message("m", SPOT)])).poll_once()  # type: ignore[arg-type]
+    (patch,) = core.patches  # an earlier deadline and the missing event id: no taint, no origin
+    assert "spec" not in patch and QUEUE_EVENT_ANNOTATION not in patch["metadata"]["annotations"]
+    view = NodeView.from_body(client.ApiClient().sanitize_for_serialization(core.node))
+    assert node_notice(view, NOW, {"agent"}, False) is not None
