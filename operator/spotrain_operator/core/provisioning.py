@@ -160,16 +160,17 @@ def disruption_annotations() -> dict[str, str]:
     return {wk.KARPENTER_DO_NOT_DISRUPT: "true", wk.CA_SAFE_TO_EVICT: "false"}
 
 
-def render_rendezvous_pdb(job_name: str, namespace: str, owner: Mapping[str, Any]) -> dict[str, Any]:
+def render_rendezvous_pdb(job: JobRef) -> dict[str, Any]:
     """A PodDisruptionBudget that refuses voluntary evictions (kubectl drain, autoscaler scale-down) of the job's
-    rendezvous pod: losing the store restarts every worker from the last checkpoint."""
+    rendezvous pod: losing the store restarts every worker from the last checkpoint. The operator's own
+    evictions of workers are not covered (the selector takes only the rendezvous role)."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": f"{job_name}-rdzv", "namespace": namespace, "labels": {wk.JOB_LABEL: job_name},
-                     "ownerReferences": [dict(owner)]},
+        "metadata": {"name": f"{job.name}-rdzv", "namespace": job.namespace, "labels": {wk.JOB_LABEL: job.name},
+                     "ownerReferences": [job.owner_reference()]},
         "spec": {"maxUnavailable": 0,
-                 "selector": {"matchLabels": {wk.JOB_LABEL: job_name, wk.ROLE_LABEL: "rendezvous"}}},
+                 "selector": {"matchLabels": {wk.JOB_LABEL: job.name, wk.ROLE_LABEL: "rendezvous"}}},
     }
 
 

@@ -299,7 +299,7 @@ def test_a_probe_that_runs_brings_one_worker_back_to_spot() -> None:
 def test_disruption_vetoes_and_the_rendezvous_budget() -> None:
     assert disruption_annotations() == {"karpenter.sh/do-not-disrupt": "true",
                                         "cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}
-    pdb = render_rendezvous_pdb("job", "ns", JOB.owner_reference())
+    pdb = render_rendezvous_pdb(JOB)
     assert pdb["spec"] == {"maxUnavailable": 0,
                            "selector": {"matchLabels": {wk.JOB_LABEL: "job", wk.ROLE_LABEL: "rendezvous"}}}
     assert pdb["metadata"]["ownerReferences"][0]["uid"] == JOB.uid
