@@ -25,6 +25,11 @@ ACKS = Counter("spotrain_agent_acknowledgements", "Azure Scheduled Events acknow
                ["result"], registry=REGISTRY)
 METADATA_UP = Gauge("spotrain_agent_metadata_reachable", "1 when the last metadata poll succeeded.",
                     registry=REGISTRY)
+# provider="none": the agent idles on a node of a provider it does not know (kind, KWOK), polling nothing; alerts
+# on metadata reachability leave such agents out through this series.
+INFO = Gauge("spotrain_agent_info", "1, labelled with the metadata service the agent polls (none: idle).",
+             ["provider"], registry=REGISTRY)
+IDLE_PROVIDER = "none"
 
 
 class JsonFormatter(logging.Formatter):
@@ -110,6 +115,13 @@ class HealthState:
         self.marked: str | None = None
         self.provider = ""
         self.node = ""
+        self.idle = False  # nothing to poll: healthy and ready for as long as the process runs
+
+    def go_idle(self, provider_id: str | None) -> None:
+        with self._lock:
+            self.idle = True
+            self.provider = IDLE_PROVIDER
+            self.last_error = f"no metadata service for providerID {provider_id!r}; idle"
 
     def beat(self, metadata_ok: bool, error: str = "") -> None:
         with self._lock:
@@ -120,9 +132,9 @@ class HealthState:
     def snapshot(self) -> tuple[bool, dict[str, Any]]:
         with self._lock:
             age = self._clock() - self.last_loop
-            alive = age < self.stale_after
+            alive = self.idle or age < self.stale_after
             return alive, {
-                "status": "ok" if alive else "stalled",
+                "status": "idle" if self.idle else "ok" if alive else "stalled",
                 "provider": self.provider,
                 "node": self.node,
                 "secondsSinceLastPoll": round(age, 1),
@@ -146,7 +158,7 @@ def serve(state: HealthState, bind: str, port: int) -> ThreadingHTTPServer:
             if path == "/healthz":
                 ok = alive
             elif path == "/readyz":
-                ok = alive and bool(body["metadataReachable"])
+                ok = alive and (body["status"] == "idle" or bool(body["metadataReachable"]))
             else:
                 self._send(404, b"not found\n", "text/plain")
                 return

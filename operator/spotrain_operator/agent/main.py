@@ -4,7 +4,9 @@
                    [--kubeconfig PATH]
 
 In-cluster configuration by default; the Node's name comes from the downward API (env NODE_NAME). RBAC:
-``get`` and ``patch`` on nodes. ``auto`` picks the provider from the Node's ``spec.providerID``.
+``get`` and ``patch`` on nodes. ``auto`` picks the provider from the Node's ``spec.providerID``; on a provider it
+does not know (kind's ``kind://``, KWOK's ``kwok://``) the agent idles: healthy and ready, polling nothing, so
+that a DaemonSet on such nodes neither crash-loops nor blocks ``helm --wait``.
 The loop never exits on errors: an unreachable, slow or garbled metadata service is retried with backoff and
 reported (rate-limited); a Node that cannot be patched is retried on the next poll.
 """
@@ -282,8 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return run(args, NodeMarker(kube_api(args.kubeconfig)), stop)
 
-    marker = NodeMarker(kube_api(args.kubeconfig))
+
+def run(args: argparse.Namespace, marker: NodeMarker, stop: threading.Event) -> int:
+    """The agent until ``stop`` is set: resolves the provider, then polls, or idles on an unknown provider."""
     warn = health.RateLimitedLogger(log, args.warn_every)
     provider = args.provider
     provider_id = None
@@ -294,15 +299,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if provider == "auto":
         detected = provider_from_provider_id(provider_id)
         if detected is None:
-            log.error("cannot tell the cloud from the node's providerID; pass --provider",
-                      extra={"fields": {"node": args.node_name, "providerID": provider_id}})
-            return 2
+            return idle(args, provider_id, stop)
         provider = detected
 
     source, azure = build_source(args, provider, provider_id)
     interval = args.interval or DEFAULT_INTERVALS[provider]
     state = health.HealthState(stale_after=max(30.0, 10 * interval + 4 * args.timeout + args.gcp_wait_seconds))
     state.provider, state.node = provider, args.node_name
+    health.INFO.labels(provider).set(1)
     agent = Agent(source, marker, args.node_name, interval=interval, max_backoff=args.max_backoff, azure=azure,
                   state=state, warn_period=args.warn_every)
     server = health.serve(state, args.health_bind, args.health_port) if args.health_port else None
@@ -320,6 +324,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("the poll loop ended unexpectedly")
             return 1
     loop.join(timeout=0.5)
+    if server is not None:
+        server.shutdown()
+    return 0
+
+
+def idle(args: argparse.Namespace, provider_id: str | None, stop: threading.Event) -> int:
+    """No metadata service to poll (a kind or KWOK node, or a cloud spotrain does not know): stay up, healthy
+    and ready, and say so once. Exiting instead would crash-loop the DaemonSet."""
+    state = health.HealthState(stale_after=60.0)  # not used: an idle agent is always alive
+    state.node = args.node_name
+    state.go_idle(provider_id)
+    health.INFO.labels(health.IDLE_PROVIDER).set(1)
+    server = health.serve(state, args.health_bind, args.health_port) if args.health_port else None
+    log.info("no metadata service known for this node's provider; idling (pass --provider to poll one)",
+             extra={"fields": {"node": args.node_name, "providerID": provider_id,
+                               "health_port": server.server_address[1] if server else None}})
+    stop.wait()
     if server is not None:
         server.shutdown()
     return 0
