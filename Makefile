@@ -35,6 +35,8 @@ lint: venv
 	@$(BIN)/ruff check .
 	@echo "[make] mypy"
 	@$(BIN)/mypy
+	@echo "[make] hadolint"
+	@$(BIN)/hadolint Dockerfile
 
 test: venv testbin lint
 	@echo "[make] pytest"
