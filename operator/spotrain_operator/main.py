@@ -1,8 +1,9 @@
 """spotrain-operator: the SpotTrainingJob controller.
 
     spotrain-operator [--kubeconfig PATH] [--namespace NS ... | --all-namespaces]
-                      [--leader-elect [--leader-election-namespace NS]] [--metrics-port 8080] [--health-port 8081]
-                      [--aws-queue-url URL --aws-region R [--aws-endpoint-url URL]]
+                      [--leader-elect [--leader-election-namespace NS] [--lease-duration 15] [--renew-deadline 10]
+                       [--retry-period 2]] [--metrics-port 8080] [--health-port 8081]
+                      [--aws-queue-url URL --aws-region R [--aws-endpoint-url URL] [--aws-queue-max-receives 5]]
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
+from spotrain_operator import health
 from spotrain_operator.cluster import Cluster
+from spotrain_operator.control_auth import ControlKey, load_or_create_key
 from spotrain_operator.controllers import jobs  # importing registers the handlers
-from spotrain_operator.leader import LeaderElector
+from spotrain_operator.leader import ElectionTiming, LeaderElector
 
 log = logging.getLogger("spotrain.operator")
 
@@ -55,10 +58,17 @@ def _configure_logging(level: str) -> None:
 def _serve_health(port: int, ready: threading.Event) -> None:
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            ok = self.path == "/healthz" or (self.path == "/readyz" and ready.is_set())
+            if self.path == "/healthz":
+                stale = health.LIVENESS.stale()
+                ok = not stale
+                text = "ok" if ok else "stuck: " + ", ".join(f"{name} silent {age:.0f} s" for name, age in
+                                                             stale.items())
+            else:
+                ok = self.path == "/readyz" and ready.is_set()
+                text = "ok" if ok else "not ready"
             self.send_response(200 if ok else 503)
             self.end_headers()
-            self.wfile.write(b"ok\n" if ok else b"not ready\n")
+            self.wfile.write(text.encode() + b"\n")
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -69,6 +79,7 @@ def _serve_health(port: int, ready: threading.Event) -> None:
 
 _KUBECONFIG_CLIENT: client.Configuration | None = None
 API_THREADS = 64
+_BACKGROUND: set[asyncio.Task[None]] = set()  # tasks the loop must keep a reference to
 
 
 @kopf.on.login()
@@ -92,6 +103,8 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Reconciles make their blocking API calls through asyncio.to_thread, that is in the loop's default executor,
     # which has min(32, CPUs + 4) threads: 6 on two cores. A notice's job must not queue behind fifty others.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_THREADS, thread_name_prefix="api"))
+    # /healthz fails once the loop that runs every handler and daemon stops scheduling callbacks.
+    _BACKGROUND.add(asyncio.get_running_loop().create_task(health.watch_event_loop()))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -104,14 +117,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--leader-elect", action="store_true", help="run only while holding the Lease")
     parser.add_argument("--leader-election-namespace", default=os.environ.get("POD_NAMESPACE", "default"))
     parser.add_argument("--lease-name", default="spotrain-operator")
-    parser.add_argument("--lease-duration", type=int, default=15, help="seconds")
+    parser.add_argument("--lease-duration", type=int, default=15, help="seconds a follower waits without seeing "
+                        "the Lease change before it takes over")
+    parser.add_argument("--renew-deadline", type=float, default=10.0, help="seconds without a successful renewal "
+                        "after which the leader stops (exits); shorter than the lease duration")
+    parser.add_argument("--retry-period", type=float, default=2.0, help="seconds between Lease attempts")
     parser.add_argument("--metrics-port", type=int, default=8080, help="0 disables")
     parser.add_argument("--health-port", type=int, default=8081, help="0 disables")
     parser.add_argument("--resync", type=float, default=10.0, help="seconds between reconciles of a quiet job")
     parser.add_argument("--aws-queue-url", help="SQS queue with EventBridge interruption events")
     parser.add_argument("--aws-region")
     parser.add_argument("--aws-endpoint-url", help="for S3/SQS-compatible endpoints")
+    parser.add_argument("--aws-queue-max-receives", type=int, default=5,
+                        help="delete a queue message that failed this many deliveries (0: never, for a queue with "
+                        "a dead-letter redrive policy)")
     parser.add_argument("--log-level", default=os.environ.get("SPOTRAIN_LOG_LEVEL", "info"))
+    parser.add_argument("--control-key-file", default=os.environ.get("SPOTRAIN_CONTROL_KEY_FILE"),
+                        help="the key each job's control-endpoint token is derived from (docs/security.md); when "
+                        "omitted, kept in the Secret spotrain-control-key of --leader-election-namespace")
     return parser.parse_args(argv)
 
 
@@ -132,20 +155,27 @@ def main(argv: list[str] | None = None) -> int:
         _serve_health(args.health_port, ready)
     if args.metrics_port:
         start_http_server(args.metrics_port)
+    elector = None
     if args.leader_elect:
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-        elector = LeaderElector(api_client, args.leader_election_namespace, args.lease_name, identity,
-                                lease_seconds=args.lease_duration)
+        try:
+            timing = ElectionTiming(args.lease_duration, args.renew_deadline, args.retry_period)
+        except ValueError as e:
+            log.error("%s", e)
+            return 2
+        elector = LeaderElector(api_client, args.leader_election_namespace, args.lease_name, identity, timing)
         ready.set()  # a standby replica is healthy and ready; it just does not act
         elector.acquire()
         elector.keep()
-    expected_nodes = len(client.CoreV1Api(api_client).list_node(_request_timeout=(5, 60)).items)
-    jobs.RUNTIME = jobs.Runtime(Cluster(api_client), resync_seconds=args.resync, expected_nodes=expected_nodes)
+    control_key = (ControlKey.from_file(args.control_key_file) if args.control_key_file
+                   else load_or_create_key(api_client, args.leader_election_namespace))
+    jobs.RUNTIME = jobs.Runtime(Cluster(api_client), resync_seconds=args.resync, control_key=control_key)
     stop = threading.Event()
     if args.aws_queue_url:
         from spotrain_operator.awsqueue import start_queue_consumer
 
-        start_queue_consumer(api_client, args.aws_queue_url, args.aws_region, args.aws_endpoint_url, stop)
+        start_queue_consumer(api_client, args.aws_queue_url, args.aws_region, args.aws_endpoint_url, stop,
+                             max_receives=args.aws_queue_max_receives)
     ready.set()
     log.info("operator starting")
     try:
@@ -153,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                                   standalone=True))
     finally:
         stop.set()
+        if elector is not None:
+            elector.release()  # kopf has stopped: hand the Lease over now instead of after a whole lease
     return 0
 
 
