@@ -122,16 +122,14 @@ class NodeSimulator:
             raise ValueError(f"unknown signal {signal!r}; known: {', '.join(SIGNALS)}")
         SIGNALS[signal].apply(self, node, lead_seconds)
 
-    def taint(self, node: str, key: str, value: str = "", effect: str = "NoSchedule", cordon: bool = False,
-              labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None) -> None:
+    def taint(self, node: str, key: str, value: str = "", effect: str = "NoSchedule",
+              annotations: dict[str, str] | None = None) -> None:
         current = self.api.read_node(node)
         taints = [t for t in current.spec.taints or [] if t.key != key]
         taints.append(client.V1Taint(key=key, value=value or None, effect=effect))
         body: dict[str, Any] = {"spec": {"taints": [self.api.api_client.sanitize_for_serialization(t) for t in taints]}}
-        if cordon:
-            body["spec"]["unschedulable"] = True
-        if labels or annotations:
-            body["metadata"] = {"labels": labels or {}, "annotations": annotations or {}}
+        if annotations:
+            body["metadata"] = {"annotations": annotations}
         self.api.patch_node(node, body)
 
     def cordon(self, node: str) -> None:

@@ -326,11 +326,8 @@ class AwsQueueConsumer:
     def _is_poison(self, message: Mapping[str, Any]) -> bool:
         """Delivered ``max_receives`` times already (SQS counts the deliveries; 0 never gives up)."""
         attributes = message.get("Attributes")
-        received = attributes.get("ApproximateReceiveCount") if isinstance(attributes, Mapping) else None
-        try:
-            return self.max_receives > 0 and int(received) >= self.max_receives
-        except (TypeError, ValueError):
-            return False
+        received = str(attributes.get("ApproximateReceiveCount")) if isinstance(attributes, Mapping) else ""
+        return self.max_receives > 0 and received.isdigit() and int(received) >= self.max_receives
 
     def _delete(self, message: Mapping[str, Any]) -> bool:
         try:

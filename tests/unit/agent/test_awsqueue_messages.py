@@ -287,7 +287,7 @@ def test_a_malformed_message_does_not_stop_its_batch() -> None:
                    message("wrong-type", None),
                    message("good", SPOT)])
     core = FakeCore()
-    result = AwsQueueConsumer(core, "q", sqs_client=sqs).poll_once()  # type: ignore[arg-type]
+    result = AwsQueueConsumer(core, "q", sqs_client=sqs).poll_once()
     assert result.received == 4 and result.malformed == 3
     assert result.marked == [(NODE, AWS_SPOT_ITN)]
     assert sorted(sqs.deleted) == ["good", "nested", "wrong-type", "year-9999"]
@@ -297,12 +297,12 @@ def test_a_malformed_message_does_not_stop_its_batch() -> None:
 def test_a_message_that_keeps_failing_is_deleted_after_max_receives() -> None:
     sqs = FakeSQS([message("young", SPOT, received=1), message("old", SPOT, received=5)])
     core = FakeCore(patch_error=ApiException(status=403, reason="Forbidden"))
-    result = AwsQueueConsumer(core, "q", sqs_client=sqs, max_receives=5).poll_once()  # type: ignore[arg-type]
+    result = AwsQueueConsumer(core, "q", sqs_client=sqs, max_receives=5).poll_once()
     assert result.failed == ["young"] and result.poison == ["old"]
     assert sqs.deleted == ["old"] and sqs.retried == ["young"]
     # 0: never give up; the queue's redrive policy moves it to a dead-letter queue instead.
     sqs = FakeSQS([message("old", SPOT, received=500)])
-    result = AwsQueueConsumer(core, "q", sqs_client=sqs, max_receives=0).poll_once()  # type: ignore[arg-type]
+    result = AwsQueueConsumer(core, "q", sqs_client=sqs, max_receives=0).poll_once()
     assert result.failed == ["old"] and sqs.deleted == []
 
 
@@ -316,7 +316,7 @@ def test_an_unexpected_error_on_one_message_leaves_the_rest_handled(monkeypatch:
 
     monkeypatch.setattr(awsqueue, "parse_message", parse_with_a_bug)
     sqs = FakeSQS([message("bug", "bug"), message("malformed", "{"), message("good", SPOT)])
-    result = AwsQueueConsumer(FakeCore(), "q", sqs_client=sqs).poll_once()  # type: ignore[arg-type]
+    result = AwsQueueConsumer(FakeCore(), "q", sqs_client=sqs).poll_once()
     assert result.errors == 1 and result.failed == ["bug"] and result.malformed == 1 and len(result.marked) == 1
     assert sorted(sqs.deleted) == ["good", "malformed"] and sqs.retried == ["bug"]
 
@@ -325,7 +325,7 @@ def test_an_unexpected_error_on_one_message_leaves_the_rest_handled(monkeypatch:
 
 def test_the_queue_marks_its_origin_in_the_patch_that_sets_the_taint() -> None:
     core = FakeCore()
-    AwsQueueConsumer(core, "q", sqs_client=FakeSQS([message("m", SPOT)])).poll_once()  # type: ignore[arg-type]
+    AwsQueueConsumer(core, "q", sqs_client=FakeSQS([message("m", SPOT)])).poll_once()
     (patch,) = core.patches
     assert patch["spec"]["taints"][0]["key"] == AGENT_INTERRUPTION_TAINT
     assert patch["metadata"]["annotations"][QUEUE_EVENT_ANNOTATION] == patch["metadata"]["annotations"][
@@ -339,7 +339,7 @@ def test_refining_the_agents_mark_leaves_it_the_agents() -> None:
     core = FakeCore()
     core.node.spec.taints = [client.V1Taint(key=AGENT_INTERRUPTION_TAINT, value=AWS_SPOT_ITN, effect="NoSchedule")]
     core.node.metadata.annotations = {AGENT_DEADLINE_ANNOTATION: "2026-01-01T08:30:00Z"}
-    AwsQueueConsumer(core, "q", sqs_client=FakeSQS([message("m", SPOT)])).poll_once()  # type: ignore[arg-type]
+    AwsQueueConsumer(core, "q", sqs_client=FakeSQS([message("m", SPOT)])).poll_once()
     (patch,) = core.patches  # an earlier deadline and the missing event id: no taint, no origin
     assert "spec" not in patch and QUEUE_EVENT_ANNOTATION not in patch["metadata"]["annotations"]
     view = NodeView.from_body(client.ApiClient().sanitize_for_serialization(core.node))
