@@ -14,6 +14,9 @@
 # final images hold a venv without pip, no wheel, no pip cache and no compiler or other build tool, and both
 # run as the unprivileged user 65532.
 
+# The base image. A release build pins it by digest, resolved when it builds (e.g. `docker buildx imagetools
+# inspect python:3.11-slim`): --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest>. The default stays a tag
+# because a digest written here could not be checked against the registry from where this file is tested.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS python-base
@@ -57,9 +60,19 @@ RUN groupadd --system --gid 65532 spotrain \
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
     HOME=/home/spotrain
+# OCI annotations of a release build: `--build-arg VERSION=$(version) --build-arg REVISION=$(git rev-parse HEAD)`.
+# VERSION defaults to pyproject.toml's version (tests/unit/test_shipping_release.py checks that it does).
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG PYTHON_IMAGE
 LABEL org.opencontainers.image.title="spotrain" \
       org.opencontainers.image.description="Elastic PyTorch training on spot node pools" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/spotrain/spotrain" \
+      org.opencontainers.image.url="https://github.com/spotrain/spotrain" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 
 # -- the trainer image --------------------------------------------------------------------------------------
 FROM runtime AS trainer
