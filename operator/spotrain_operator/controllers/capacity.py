@@ -12,7 +12,7 @@ the handlers; the job daemon takes the indexes from its kwargs (``CapacityIndexe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -22,7 +22,7 @@ import kopf
 from spotrain_operator import wellknown as wk
 from spotrain_operator.core.provisioning import NodePoolView, NodeRoom, bound_pod_requests
 
-PodRequests = tuple[str, dict[str, Decimal]]  # (pod uid, requests)
+PodRequests = dict[str, Decimal]
 
 
 @kopf.index(wk.KARPENTER_GROUP, wk.KARPENTER_VERSION, wk.KARPENTER_NODEPOOLS)
@@ -38,12 +38,12 @@ async def node_pool_changed(**_: Any) -> None:
 
 
 @kopf.index("pods")
-async def pod_requests_by_node(body: kopf.Body, uid: str, **_: Any) -> dict[str, PodRequests] | None:
+async def pod_requests_by_node(body: kopf.Body, **_: Any) -> dict[str, PodRequests] | None:
     bound = bound_pod_requests(body)
     if bound is None:
         return None
     node, requests = bound
-    return {node: (uid, requests)}
+    return {node: requests}
 
 
 @kopf.index("nodes")
@@ -53,9 +53,11 @@ async def allocatable_by_node(name: str, status: kopf.Status, **_: Any) -> dict[
 
 @dataclass(frozen=True)
 class CapacityIndexes:
-    node_pools: kopf.Index[str, NodePoolView]
-    allocatable: kopf.Index[str, dict[str, Any]]
-    requests: kopf.Index[str, PodRequests]
+    """The three indexes (kopf.Index is a mapping of key to the collection of values indexed under it)."""
+
+    node_pools: Mapping[str, Collection[NodePoolView]]
+    allocatable: Mapping[str, Collection[dict[str, Any]]]
+    requests: Mapping[str, Collection[PodRequests]]
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, Any]) -> CapacityIndexes:
@@ -70,7 +72,5 @@ class CapacityIndexes:
             allocatable = next(iter(values), None)
             if allocatable is None:
                 continue
-            # Keyed by uid: a pod seen twice while kopf re-lists must not count twice.
-            on_node = dict(self.requests.get(name, []))
-            rooms[name] = NodeRoom.of(allocatable, on_node.values())
+            rooms[name] = NodeRoom.of(allocatable, self.requests.get(name, []))
         return {"node_pools": pools, "node_room": rooms}

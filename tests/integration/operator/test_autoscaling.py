@@ -1,8 +1,9 @@
 """Autoscaled pools with a real Karpenter (its KWOK provider), the real scheduler and the operator process: jobs that
 start from zero nodes, capacity that does not come, fallback and return, disruption, and room on shared nodes.
 
-Karpenter starts once for the tests that ask for it (the session fixture below); each test makes NodePools of its
-own, named after its namespace, so their nodes (labelled karpenter.sh/nodepool=NAME) serve only its jobs.
+Karpenter starts once for this module (the fixture below) and is gone for the rest of the suite, which pays nothing
+for it; each test makes NodePools of its own, named after its namespace, so their nodes (labelled
+karpenter.sh/nodepool=NAME) serve only its jobs.
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ KARPENTER = (wk.KARPENTER_GROUP, wk.KARPENTER_VERSION)
 PROVISIONING = 180.0  # a NodeClaim, a KWOK node turning Ready and a scheduled pod, on a loaded 2-core machine
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def karpenter(devcluster: DevCluster) -> Iterator[Karpenter]:
     k = Karpenter(devcluster)
     k.start(node_pools=None)
     try:
         yield k
+        # The tests' NodePools are deleted; Karpenter's finalizers must remove their NodeClaims and nodes.
+        wait_for("Karpenter's nodes removed", lambda: not devcluster.kubectl("get", "nodeclaims", "-o", "name"),
+                 timeout=PROVISIONING)
     finally:
         k.stop()
 

@@ -15,8 +15,10 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spotrain_dev.karpenter import NODE_POOLS
 from spotrain_operator import wellknown as wk
 from spotrain_operator.api import parse_spec
+from spotrain_operator.controllers.capacity import CapacityIndexes
 from spotrain_operator.core import actions as act
 from spotrain_operator.core import placement
 from spotrain_operator.core.model import JobStatus, NodeView, PodView
@@ -25,6 +27,7 @@ from spotrain_operator.core.provisioning import (
     PROBE_ROLE,
     NodePoolView,
     NodeRoom,
+    bound_pod_requests,
     disruption_annotations,
     pod_requests,
     render_rendezvous_pdb,
@@ -303,3 +306,27 @@ def test_disruption_vetoes_and_the_rendezvous_budget() -> None:
     assert pdb["spec"] == {"maxUnavailable": 0,
                            "selector": {"matchLabels": {wk.JOB_LABEL: "job", wk.ROLE_LABEL: "rendezvous"}}}
     assert pdb["metadata"]["ownerReferences"][0]["uid"] == JOB.uid
+
+
+def test_the_devcluster_nodepools_parse_as_karpenter_reads_them() -> None:
+    bodies = {b["metadata"]["name"]: b for b in yaml.safe_load_all(NODE_POOLS.read_text())}
+    gpu_spot = NodePoolView.from_body(bodies["gpu-spot"])
+    assert gpu_spot.zones == ZONES and gpu_spot.capacity_types == ("spot",)
+    assert gpu_spot.limits == {"nvidia.com/gpu": Decimal(64)}
+    assert gpu_spot.can_launch("spot", {wk.INSTANCE_TYPE: "p4d.24xlarge"}, {"nvidia.com/gpu": Decimal(8)})
+    assert not gpu_spot.can_launch("spot", {wk.INSTANCE_TYPE: "m6i.2xlarge"}, {})
+    assert not NodePoolView.from_body(bodies["system"]).can_launch("spot", {}, {})
+
+
+def test_capacity_indexes_become_node_room() -> None:
+    indexes = CapacityIndexes(
+        node_pools={"spot": [node_pool()]},
+        allocatable={"n1": [{"cpu": "8", "pods": "110"}]},
+        requests={"n1": [{"cpu": Decimal(3)}, {"cpu": Decimal(4)}]},
+    )
+    observed = indexes.observe()
+    assert observed["node_pools"]["spot"].zones == ZONES
+    room = observed["node_room"]["n1"]
+    assert room.requested == {"cpu": Decimal(7)} and room.pods == 2
+    assert room.fits({"cpu": Decimal(1)}) and not room.fits({"cpu": Decimal(2)})
+    assert bound_pod_requests({"spec": {"nodeName": "n1", "containers": []}, "status": {"phase": "Succeeded"}}) is None
