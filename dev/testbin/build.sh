@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the test control plane binaries by version, outside the repository:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes through a wrapper
-#   module), etcd, kwok, helm and ec2-metadata-mock.
+#   module), etcd, kwok, helm, promtool and ec2-metadata-mock.
 # Prints the bin directory on stdout's last line; progress goes to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -81,17 +81,29 @@ GO
   for n in "${names[@]}"; do link "$n" "$K8S_VERSION"; done
 }
 
-# go install MODULE/CMD@VERSION into the cache under NAME-VERSION.
+# go install MODULE/CMD@VERSION into the cache under NAME-TAG (TAG: VERSION unless a build setting that changes
+# the binary needs its own cache entry).
 install_tool() {
-  local name=$1 pkg=$2 version=$3 ldflags=${4:-}
-  if ! have "$name" "$version"; then
-    say "$name $version: building"
-    local gobin="$cache/src/$name-$version"
+  local name=$1 pkg=$2 version=$3 ldflags=${4:-} tag=${5:-$3}
+  if ! have "$name" "$tag"; then
+    say "$name $tag: building"
+    local gobin="$cache/src/$name-$tag"
     mkdir -p "$gobin"
-    with_progress "$name $version" env GOBIN="$gobin" go install -trimpath -ldflags "-s -w $ldflags" "$pkg@$version"
-    mv "$gobin/$(basename "$pkg")" "$bin/$name-$version"
+    with_progress "$name $tag" env GOBIN="$gobin" go install -trimpath -ldflags "-s -w $ldflags" "$pkg@$version"
+    mv "$gobin/$(basename "$pkg")" "$bin/$name-$tag"
   fi
-  link "$name" "$version"
+  link "$name" "$tag"
+}
+
+# helm's Kubernetes version for `helm template` and `helm lint` without a cluster comes from ldflags, which helm's
+# own Makefile sets from its client-go (v3.22: v0.37 -> 1.37); without them it is 1.20, which charts with a
+# kubeVersion (spotrain's: >=1.29) refuse.
+helm_ldflags() {
+  local flags="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" pkg
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    flags="$flags -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$HELM_K8S_MINOR"
+  done
+  echo "$flags"
 }
 
 build_etcd() {
@@ -130,7 +142,11 @@ case "${1:-all}" in
   all)
     build_etcd
     install_tool kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
-    install_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    install_tool helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "$(helm_ldflags)" "$HELM_VERSION-k8s1.$HELM_K8S_MINOR"
+    # promtool tests the chart's alert rules (tests/unit/test_shipping_alerts.py). Prometheus' module has no
+    # replace directives, so go install builds it; its version is the module's (v0.316.0 is Prometheus 3.16.0).
+    install_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMTOOL_VERSION" \
+      "-X github.com/prometheus/common/version.Version=$PROMTOOL_RELEASE"
     install_tool ec2-metadata-mock github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock "$EC2_METADATA_MOCK_VERSION"
     build_kubernetes
     ;;
