@@ -7,6 +7,7 @@ price that is not a number in a ConfigMap) raises ``SpecError`` naming the field
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,15 @@ class SpecError(ValueError):
         self.field_path = field_path
 
 
+# No duration in a spec means more than a year: larger ones are typos, and would overflow the datetimes they are
+# added to (the CRD's schema bounds each field lower still; this guards objects admitted before it did).
+MAX_DURATION_SECONDS = 366 * 24 * 3600.0
+
+
 def parse_duration(value: str, field_path: str) -> float:
     """Go-style durations as the CRD accepts them ("30s", "1m30s", "1.5h") -> seconds."""
+    if not isinstance(value, str):
+        raise SpecError(field_path, f"{value!r} is not a duration", "write it like 30s, 5m or 1h30m")
     pos, total = 0, 0.0
     for match in _DURATION_PART.finditer(value):
         if match.start() != pos:
@@ -31,6 +39,8 @@ def parse_duration(value: str, field_path: str) -> float:
         pos = match.end()
     if pos != len(value) or not value:
         raise SpecError(field_path, f"{value!r} is not a duration", "write it like 30s, 5m or 1h30m")
+    if total > MAX_DURATION_SECONDS:
+        raise SpecError(field_path, f"{value!r} is longer than a year", "write a shorter duration, such as 5m or 2h")
     return total
 
 
@@ -168,9 +178,12 @@ def _price(value: Any, field_path: str) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        price = float(value)
     except (TypeError, ValueError):
         raise SpecError(field_path, f"{value!r} is not a price", "write a decimal such as 0.12") from None
+    if not math.isfinite(price) or price < 0:
+        raise SpecError(field_path, f"{value!r} is not a price", "write a finite, non-negative decimal such as 0.12")
+    return price
 
 
 def parse_spec(spec: dict[str, Any], pricing: dict[str, str] | None = None) -> JobSpec:

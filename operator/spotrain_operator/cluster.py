@@ -51,6 +51,23 @@ class Cluster:
                 return None
             raise
 
+    def get_node(self, name: str) -> dict[str, Any] | None:
+        try:
+            response = self.core.read_node(name, **RAW)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        node: dict[str, Any] = json.loads(response.data)
+        return node
+
+    def spotrain_pods_on_node(self, node: str) -> list[str]:
+        """Pods of any spotrain job still holding ``node`` (not finished), as namespace/name."""
+        response = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}",
+                                                         label_selector=wk.JOB_LABEL, **RAW)
+        return [f"{p['metadata']['namespace']}/{p['metadata']['name']}" for p in json.loads(response.data)["items"]
+                if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+
     def create(self, manifest: dict[str, Any]) -> bool:
         namespace = manifest["metadata"]["namespace"]
         try:
@@ -62,12 +79,21 @@ class Cluster:
                 _drop(self.core.create_namespaced_service(namespace, manifest, **RAW))
             return True
         except ApiException as e:
-            if e.status == 409:
-                return False
-            raise
+            if e.status != 409:
+                raise
+        if manifest["kind"] == "Service":
+            # The rendezvous Service follows the current round: its selector moves with the store.
+            patch = {"spec": {"selector": manifest["spec"]["selector"]}}
+            _drop(self.core.patch_namespaced_service(manifest["metadata"]["name"], namespace, patch, **RAW))
+        return False
 
-    def delete_pod(self, namespace: str, name: str, grace_seconds: int | None) -> None:
+    def delete_pod(self, namespace: str, name: str, grace_seconds: int | None, reason: str | None = None) -> None:
+        """Deletes a pod; ``reason`` is written on it first (deletion-reason annotation), so whoever looks at the
+        terminating pod, the operator after a restart included, knows the operator removed it and why."""
         try:
+            if reason:
+                patch = {"metadata": {"annotations": {wk.DELETION_REASON_ANNOTATION: reason[:256]}}}
+                _drop(self.core.patch_namespaced_pod(name, namespace, patch, **RAW))
             _drop(self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds, **RAW))
         except ApiException as e:
             if e.status != 404:
@@ -91,10 +117,21 @@ class Cluster:
                 return
             raise
 
-    def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object_status(
-            wk.GROUP, wk.VERSION, namespace, wk.PLURAL, name, {"status": status}, _request_timeout=TIMEOUT
-        )
+    def replace_status(self, job: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """Writes the whole status with the resourceVersion the job was read at: raises Conflict when someone wrote
+        the job since (the caller reads again and decides again), and really removes what ``status`` leaves out,
+        which a merge patch would keep. Returns the job as stored."""
+        body = {"apiVersion": job["apiVersion"], "kind": job["kind"], "metadata": job["metadata"], "status": status}
+        meta = job["metadata"]
+        try:
+            response = self.custom.replace_namespaced_custom_object_status(
+                wk.GROUP, wk.VERSION, meta["namespace"], wk.PLURAL, meta["name"], body, **RAW)
+        except ApiException as e:
+            if e.status == 409:
+                raise Conflict(f"{meta['namespace']}/{meta['name']} changed since it was read") from e
+            raise
+        stored: dict[str, Any] = json.loads(response.data)
+        return stored
 
     def delete_job(self, namespace: str, name: str) -> None:
         try:
@@ -129,6 +166,10 @@ class Cluster:
             _drop(self.core.create_namespaced_event(meta["namespace"], body, **RAW))
         except ApiException as e:
             log.warning("could not post event %s: %s", reason, e.reason)
+
+
+class Conflict(Exception):
+    """An optimistic-concurrency write lost: the object changed since it was read."""
 
 
 def _drop(response: Any) -> None:

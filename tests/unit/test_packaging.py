@@ -307,22 +307,17 @@ def image_distributions(extra: str) -> set[str]:
 
 
 # Imports every module given, in a fresh interpreter where the top-level modules of every installed
-# distribution outside the allowed set raise ModuleNotFoundError, as they would in the image.
+# distribution outside the allowed set are absent, as they would be in the image: a None entry in sys.modules makes
+# `import x` raise ModuleNotFoundError and `importlib.util.find_spec("x")` answer None, as for a missing module (a
+# finder that raised instead would break libraries that probe for optional ones, e.g. yarl for pydantic_core).
 IMPORT_CHECK = """
-import importlib, importlib.abc, importlib.metadata, json, re, sys
+import importlib, importlib.metadata, json, re, sys
 allowed, modules = set(json.loads(sys.argv[1])), json.loads(sys.argv[2])
-owners = importlib.metadata.packages_distributions()
 def norm(name): return re.sub(r"[-_.]+", "-", name).lower()
-class NotInImage(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path=None, target=None):
-        top = fullname.split(".")[0]
-        if top == "spotrain_dev":  # development tooling: the image's context and wheel leave it out
-            raise ModuleNotFoundError(f"{fullname} is not in the image", name=fullname)
-        dists = owners.get(top)
-        if dists and not any(norm(d) in allowed for d in dists):
-            raise ModuleNotFoundError(f"{fullname} ({', '.join(dists)}) is not in the image", name=fullname)
-        return None
-sys.meta_path.insert(0, NotInImage())
+for top, dists in importlib.metadata.packages_distributions().items():
+    if not any(norm(d) in allowed for d in dists):
+        sys.modules[top] = None
+sys.modules["spotrain_dev"] = None  # development tooling: the image's context and wheel leave it out
 for module in modules:
     importlib.import_module(module)
 """

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import kopf
 from spotrain_operator import metrics
 from spotrain_operator import wellknown as wk
 from spotrain_operator.api import SOURCE_NAMES, SpecError, parse_spec
-from spotrain_operator.cluster import Cluster
+from spotrain_operator.cluster import Cluster, Conflict
 from spotrain_operator.control_auth import ControlKey
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, format_time
@@ -37,6 +38,13 @@ log = logging.getLogger("spotrain.jobs")
 REPORTER = "spotrain-operator"
 TRAINER_POLL_SECONDS = 30.0
 DRAIN_POLL_SECONDS = 0.5
+# A reconcile that keeps failing (an API error, a 422 on something it creates) backs off exponentially with
+# jitter, up to this cap; while a drain is in flight the cap is DRAIN_BACKOFF_CAP, since the deadline will not wait.
+BACKOFF_BASE_SECONDS = 0.5
+BACKOFF_CAP_SECONDS = 60.0
+DRAIN_BACKOFF_CAP_SECONDS = 2.0
+# A status write that loses to a concurrent one is decided again from a fresh read, at most this many times a pass.
+CONFLICT_RETRIES = 3
 
 
 @dataclass
@@ -48,7 +56,6 @@ class Runtime:
     # Derives each job's control-endpoint token (control_auth); None: workers run without one.
     control_key: ControlKey | None = None
     resync_seconds: float = 10.0
-    expected_nodes: int = 0  # Nodes listed at start-up: placement waits until the node index holds them
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     last_trainer_poll: dict[tuple[str, str], float] = field(default_factory=dict)
     # The last view of each node, to tell a change that matters to placement from a status heartbeat.
@@ -122,19 +129,27 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
     namespace = namespace or ""
     key = (namespace, name)
     wakeup = rt.wakeups.setdefault(key, asyncio.Event())
-    # Like controller-runtime's cache sync: placing workers from a half-filled node index would crowd them into
-    # the nodes listed first. Nodes deleted meanwhile make the count unreachable, hence the time limit.
-    warm_until = time.monotonic() + 60
-    while len(nodes_by_name) < rt.expected_nodes and time.monotonic() < warm_until and not stopped:
-        await asyncio.sleep(0.2)
+    # No wait for the node index here: kopf starts no daemon before every index has read its initial list
+    # (kopf/_core/reactor/queueing.py drops the resource's "indexed" toggle on the LISTED bookmark, and
+    # processing.py waits for operator_indexed before any non-index handler), whatever the cluster's size is now.
+    failures = 0
+    draining = False
     try:
         while not stopped:
             wakeup.clear()
             try:
                 draining = await reconcile(rt, namespace, name, nodes_by_name)
-            except Exception:
-                log.exception("reconcile of %s/%s failed; retrying", namespace, name)
-                draining = False
+                failures = 0
+            except Exception as e:  # any failure: logged, reported on the job where possible, retried with backoff
+                failures += 1
+                draining = getattr(e, "draining", draining)
+                log.warning("reconcile failed (attempt %d): %s", failures, e, extra={"job": f"{namespace}/{name}"},
+                            exc_info=failures == 1)
+            if failures:
+                cap = DRAIN_BACKOFF_CAP_SECONDS if draining else BACKOFF_CAP_SECONDS
+                delay = min(cap, BACKOFF_BASE_SECONDS * 2 ** min(failures - 1, 16)) * random.uniform(0.5, 1.0)
+                await stopped.wait(delay)
+                continue
             # A drain waits on the workers' checkpoint, which no Kubernetes event announces: poll it closely.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=DRAIN_POLL_SECONDS if draining else rt.resync_seconds)
@@ -148,8 +163,26 @@ def _nodes(index: kopf.Index[str, NodeView]) -> dict[str, NodeView]:
     return {name: next(iter(views)) for name, views in index.items() if views}
 
 
+class ApplyFailed(Exception):
+    """Some actions of a decision were refused; the others were applied. Carries whether a drain is in flight."""
+
+    def __init__(self, message: str, draining: bool):
+        super().__init__(message)
+        self.draining = draining
+
+
 async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.Index[str, NodeView]) -> bool:
-    """One level-triggered pass. Returns True while a drain waits on its checkpoint."""
+    """One level-triggered pass: read, decide, write the status with the resourceVersion read (deciding again from a
+    fresh read if someone wrote first), then act. Returns True while a drain waits on its checkpoint."""
+    for _ in range(CONFLICT_RETRIES):
+        try:
+            return await _reconcile_once(rt, namespace, name, nodes_index)
+        except Conflict:
+            continue
+    raise Conflict(f"{namespace}/{name}: the status changed under every one of {CONFLICT_RETRIES} writes")
+
+
+async def _reconcile_once(rt: Runtime, namespace: str, name: str, nodes_index: kopf.Index[str, NodeView]) -> bool:
     started = time.perf_counter()
     job = await asyncio.to_thread(rt.cluster.get_job, namespace, name)
     if job is None or job["metadata"].get("deletionTimestamp"):
@@ -166,25 +199,48 @@ async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.In
                 raise SpecError("spec.placement.pricingConfigMap", f"ConfigMap {config_map!r} does not exist",
                                 "create it in the job's namespace or remove the field")
         spec = parse_spec(job["spec"], pricing)
-    except (SpecError, KeyError, ValueError) as e:
-        await _report_invalid(rt, job, str(e))
+    except (SpecError, KeyError, ValueError, TypeError, OverflowError) as e:
+        await _report_invalid(rt, job, str(e) if isinstance(e, SpecError) else f"{type(e).__name__}: {e}")
         return False
     pods = [PodView.from_body(p) for p in await asyncio.to_thread(rt.cluster.list_job_pods, namespace, name)]
     now = datetime.datetime.now(datetime.UTC)
     trainers = await _probe_trainers(rt, (namespace, name), status, pods, ref.control_token)
-    observed = Observed(ref, int(meta.get("generation", 0)), spec, status, pods, _nodes(nodes_index), now, trainers)
+    nodes = await _nodes_of(rt, nodes_index, pods)
+    observed = Observed(ref, int(meta.get("generation", 0)), spec, status, pods, nodes, now, trainers)
     decision = decide(observed)
+    _log_decision(namespace, name, decision)
     await apply(rt, job, decision, observed, started)
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
     _export(observed, decision.status)
-    return any(not d.get("evicted") for d in (decision.status.get("drains") or {}).values())
+    return decision.draining
+
+
+async def _nodes_of(rt: Runtime, index: kopf.Index[str, NodeView], pods: list[PodView]) -> dict[str, NodeView]:
+    """The node index, plus any node a pod is bound to that the index does not hold yet: the index follows a watch
+    and can lag a pod that the scheduler just bound to a brand-new node, and the core takes a missing node for a
+    deleted one (its pods are force-deleted). A GET settles it; it is needed only while nodes come or go."""
+    nodes = _nodes(index)
+    for missing in {p.node for p in pods if p.node and p.node not in nodes}:
+        body = await asyncio.to_thread(rt.cluster.get_node, missing)
+        if body is not None:
+            nodes[missing] = NodeView.from_body(body)
+    return nodes
+
+
+def _log_decision(namespace: str, name: str, decision: Decision) -> None:
+    """The operator's log says, per job, what it decided and why: one line per event the decision posts (placement,
+    rounds, drains, failures), nothing for a quiet pass, so that it stays readable with many jobs."""
+    for action in decision.actions:
+        if isinstance(action, act.Event):
+            level = logging.WARNING if action.type == "Warning" else logging.INFO
+            log.log(level, "%s: %s", action.reason, action.message, extra={"job": f"{namespace}/{name}"})
 
 
 async def _probe_trainers(rt: Runtime, key: tuple[str, str], status: JobStatus,
                           pods: list[PodView], token: str | None) -> dict[str, TrainerStatus | None]:
     """Control endpoints are read while a drain waits on its checkpoint, and otherwise now and then for the
     last checkpoint shown in status."""
-    draining = any(not d.evicted for d in status.drains.values())
+    draining = bool(status.drains)
     due = time.monotonic() - rt.last_trainer_poll.get(key, 0.0) >= TRAINER_POLL_SECONDS
     if not (draining or due):
         return {}
@@ -194,12 +250,21 @@ async def _probe_trainers(rt: Runtime, key: tuple[str, str], status: JobStatus,
 
 
 async def _report_invalid(rt: Runtime, job: dict[str, Any], message: str) -> None:
+    """A SpecInvalid condition and one Event per distinct problem and generation: passes over the same invalid
+    spec write nothing and post nothing, and the condition's lastTransitionTime stays when it was first seen."""
     meta = job["metadata"]
-    conditions = [c for c in (job.get("status") or {}).get("conditions", []) if c.get("type") != "SpecInvalid"]
-    conditions.append({"type": "SpecInvalid", "status": "True", "reason": "InvalidSpec", "message": message,
-                       "lastTransitionTime": format_time(datetime.datetime.now(datetime.UTC)),
-                       "observedGeneration": meta.get("generation", 0)})
-    await asyncio.to_thread(rt.cluster.patch_status, meta["namespace"], meta["name"], {"conditions": conditions})
+    generation = meta.get("generation", 0)
+    current = job.get("status") or {}
+    previous = next((c for c in current.get("conditions") or [] if c.get("type") == "SpecInvalid"), None)
+    if previous and previous.get("status") == "True" and previous.get("message") == message \
+            and previous.get("observedGeneration") == generation:
+        return
+    conditions = [c for c in current.get("conditions") or [] if c.get("type") != "SpecInvalid"]
+    since = previous.get("lastTransitionTime") if previous and previous.get("status") == "True" else None
+    conditions.append({"type": "SpecInvalid", "status": "True", "reason": "InvalidSpec", "message": message[:1024],
+                       "lastTransitionTime": since or format_time(datetime.datetime.now(datetime.UTC)),
+                       "observedGeneration": generation})
+    await asyncio.to_thread(rt.cluster.replace_status, job, {**current, "conditions": conditions})
     await asyncio.to_thread(rt.cluster.post_event, job, "Warning", "InvalidSpec", message, REPORTER)
 
 
@@ -222,38 +287,58 @@ async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: 
         rt.last_trainer_poll.pop((namespace, name), None)
     if requests:
         metrics.NOTICE_TO_REQUEST_SECONDS.observe(time.perf_counter() - started)
-    # Then the status: the pod serials, counted pods and drains it records are what make a repeated or
-    # interrupted apply harmless.
+    # Then the status, written with the resourceVersion read (a Conflict makes the caller decide again): the pod
+    # serials, counted pods and drains it records are what make a repeated or interrupted apply harmless. A job
+    # whose status is unchanged is not written.
     conditions = [c for c in decision.status.get("conditions", []) if c.get("type") != "SpecInvalid"]
     status = {**decision.status, "conditions": conditions}
-    current = job.get("status") or {}
-    if any(current.get(k) != v for k, v in status.items() if v is not None or k in current):
-        await asyncio.to_thread(cluster.patch_status, namespace, name, status)
+    if status != (job.get("status") or {}):
+        await asyncio.to_thread(cluster.replace_status, job, status)
+    # Each action on its own: one refused (a 422, a PodDisruptionBudget, a timeout) does not stop the others, and
+    # since what was done is read back from the cluster, the next pass decides it again.
     created = removed = 0
+    refused: list[str] = []
     for action in decision.actions:
-        match action:
-            case act.EnsureService(manifest) | act.CreatePod(manifest):
-                if await asyncio.to_thread(cluster.create, manifest) and manifest["kind"] == "Pod":
-                    created += 1
-                    if manifest["metadata"]["labels"].get(wk.ROLE_LABEL) == "worker" and observed.spec.fallback and \
-                            manifest["metadata"]["labels"][wk.POOL_LABEL] == observed.spec.fallback.pool:
-                        metrics.FALLBACKS.labels(namespace, name).inc()
-            case act.DeletePod(pod, _reason, grace):
-                await asyncio.to_thread(cluster.delete_pod, namespace, pod, grace)
-                removed += 1
-            case act.EvictPod(pod, grace):
-                await asyncio.to_thread(cluster.evict_pod, namespace, pod, grace)
-                removed += 1
-            case act.RequestCheckpoint():
-                pass  # sent first, above
-            case act.MarkNodeDrained(node):
-                await asyncio.to_thread(cluster.annotate_node, node, {wk.NODE_DRAINED_ANNOTATION: "true"})
-            case act.DeleteJob():
-                await asyncio.to_thread(cluster.delete_job, namespace, name)
-            case act.Event(type_, reason, message):
-                await asyncio.to_thread(cluster.post_event, job, type_, reason, message, REPORTER)
+        try:
+            match action:
+                case act.EnsureService(manifest) | act.CreatePod(manifest):
+                    if await asyncio.to_thread(cluster.create, manifest) and manifest["kind"] == "Pod":
+                        created += 1
+                        labels = manifest["metadata"]["labels"]
+                        if labels.get(wk.ROLE_LABEL) == "worker" and observed.spec.fallback and \
+                                labels[wk.POOL_LABEL] == observed.spec.fallback.pool:
+                            metrics.FALLBACKS.labels(namespace, name).inc()
+                case act.DeletePod(pod, reason, grace):
+                    await asyncio.to_thread(cluster.delete_pod, namespace, pod, grace, reason)
+                    removed += 1
+                case act.EvictPod(pod, grace):
+                    await asyncio.to_thread(cluster.evict_pod, namespace, pod, grace)
+                    removed += 1
+                case act.RequestCheckpoint():
+                    pass  # sent first, above
+                case act.MarkNodeDrained(node):
+                    await _mark_drained(cluster, node)
+                case act.DeleteJob():
+                    await asyncio.to_thread(cluster.delete_job, namespace, name)
+                case act.Event(type_, reason, message):
+                    await asyncio.to_thread(cluster.post_event, job, type_, reason, message, REPORTER)
+        except Exception as e:  # collected and raised below, after the other actions had their turn
+            refused.append(f"{type(action).__name__}: {getattr(e, 'reason', None) or e}")
     if created or removed:
         metrics.RESCALES.labels(namespace, name).inc()
+    if refused:
+        raise ApplyFailed("; ".join(refused), decision.draining)
+
+
+async def _mark_drained(cluster: Cluster, node: str) -> None:
+    """Marks the node drained (spotrain-agent then acknowledges an Azure Scheduled Event) once no pod of any
+    spotrain job is left on it; a job whose own pods are gone, while another's still drain, leaves the mark to
+    the last one."""
+    left = await asyncio.to_thread(cluster.spotrain_pods_on_node, node)
+    if left:
+        log.info("node %s not marked drained yet: %s still on it", node, ", ".join(left[:5]), extra={"node": node})
+        return
+    await asyncio.to_thread(cluster.annotate_node, node, {wk.NODE_DRAINED_ANNOTATION: "true"})
 
 
 def _export(observed: Observed, status: Mapping[str, Any]) -> None:

@@ -1,14 +1,17 @@
 """One reconcile of a SpotTrainingJob: the observed world in, actions and the new status out.
 
 Level-triggered and idempotent: everything it needs to remember (round, pod serial, counted pods, cooldowns,
-drains, timers) lives in the job's status, so an operator restarted at any point continues from the cluster.
+drains, timers) lives in the job's status, so an operator restarted at any point continues from the cluster. What
+was done is read back from the cluster, not remembered: a drain does not record that its eviction was sent, it sees
+the doomed pod terminating, so an eviction the API refused is simply sent again on the next pass.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,38 +21,62 @@ from spotrain_operator.core import placement
 from spotrain_operator.core.model import Drain, JobStatus, NodeView, PodView, format_time
 from spotrain_operator.core.pods import (
     JobRef,
+    render_control_secret,
     render_rendezvous,
     render_rendezvous_service,
     render_worker,
     selector,
 )
+from spotrain_operator.core.provisioning import PROBE_ROLE, render_probe
 from spotrain_operator.core.termination import TerminationNotice, node_notice, pod_notice
 
 ACCOUNTED_KEPT = 100
 TERMINAL = ("Succeeded", "Failed")
+# A rendezvous store whose node is cordoned, or whose pool left the spec, moves without a cloud deadline: this bounds
+# how long the move waits for the workers' checkpoint before it goes ahead anyway.
+STORE_MOVE_DEADLINE = datetime.timedelta(minutes=5)
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
 class TrainerStatus:
-    """What a worker's control endpoint reports (GET /status)."""
+    """What a worker's control endpoint reports (GET /status); fields of the wrong type read as absent."""
 
     step: int | None = None
     checkpoint_step: int | None = None
     checkpoint_time: str | None = None
     checkpoint_uri: str | None = None
-    checkpoint_request_id: str | None = None
+    checkpoint_request_id: str | None = None  # the request the last durable checkpoint answered
     completed: bool = False
+    pending_request_id: str | None = None  # a request the pod holds but has not made durable yet
+    handled_request_id: str | None = None
+
+    def knows(self, request_id: str) -> bool:
+        """The pod holds this checkpoint request, or has already answered it."""
+        return request_id in (self.pending_request_id, self.handled_request_id, self.checkpoint_request_id)
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> TrainerStatus:
-        last = body.get("last_checkpoint") or {}
+        last = body.get("last_checkpoint")
+        last = last if isinstance(last, Mapping) else {}
+        pending = body.get("checkpoint_request")
+        pending = pending if isinstance(pending, Mapping) else {}
         return cls(
-            step=body.get("step"),
-            checkpoint_step=last.get("step"),
-            checkpoint_time=last.get("time"),
-            checkpoint_uri=last.get("uri"),
-            checkpoint_request_id=last.get("request_id"),
-            completed=bool(body.get("completed")),
+            step=_count(body.get("step")),
+            checkpoint_step=_count(last.get("step")),
+            checkpoint_time=_str(last.get("time")),
+            checkpoint_uri=_str(last.get("uri")),
+            checkpoint_request_id=_str(last.get("request_id")),
+            completed=body.get("completed") is True,
+            pending_request_id=_str(pending.get("id")),
+            handled_request_id=_str(body.get("handled_request_id")),
         )
 
 
@@ -64,6 +91,10 @@ class Observed:
     now: datetime.datetime
     # Control endpoints probed this time (None: unreachable); pods not probed are absent.
     trainers: Mapping[str, TrainerStatus | None] = field(default_factory=dict)
+    # Autoscaling (placement): Karpenter NodePools by name, and each node's room (allocatable minus the requests of
+    # all pods on it); a node absent from node_room counts as free when no worker of this job is on it.
+    node_pools: Mapping[str, placement.NodePoolView] = field(default_factory=dict)
+    node_room: Mapping[str, placement.NodeRoom] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,21 +103,30 @@ class Decision:
     status: dict[str, Any]
 
     @property
-    def needs_trainer_status(self) -> bool:
+    def draining(self) -> bool:
+        """A drain waits on the workers' checkpoint, which no Kubernetes event announces: the shell polls closely."""
         return bool(self.status.get("drains"))
 
 
 def _set_condition(conditions: list[dict[str, Any]], type_: str, status: bool, reason: str, message: str,
                    now: datetime.datetime, generation: int) -> None:
+    """metav1.Condition semantics: lastTransitionTime moves only when the status flips."""
     value = "True" if status else "False"
     for c in conditions:
         if c["type"] == type_:
-            if c["status"] != value:
+            if c.get("status") != value or not c.get("lastTransitionTime"):
                 c["lastTransitionTime"] = format_time(now)
             c.update(status=value, reason=reason, message=message, observedGeneration=generation)
             return
     conditions.append({"type": type_, "status": value, "reason": reason, "message": message,
                        "lastTransitionTime": format_time(now), "observedGeneration": generation})
+
+
+def _grace_seconds(deadline: datetime.datetime, now: datetime.datetime, margin: float) -> int:
+    """An evicted pod's grace: the time left before its node goes, and never less than the safety margin, so that a
+    notice seen late (a 30 s notice read after 25 s, an operator that just failed over) still leaves the SIGTERM
+    checkpoint time to run."""
+    return max(math.ceil((deadline - now).total_seconds()), math.ceil(margin))
 
 
 class _Reconcile:
@@ -114,16 +154,25 @@ class _Reconcile:
         self.removed: set[str] = set()  # pods this reconcile deletes or evicts
         self.lost_steps = 0
         self.message = ""
+        self.store_move: str | None = None  # why the rendezvous store moves this pass (a drain of its node is due)
+        self.errors: list[str] = []
 
     # -- helpers --------------------------------------------------------------------------------------------
 
     def event(self, reason: str, message: str, warning: bool = False) -> None:
         self.actions.append(act.Event("Warning" if warning else "Normal", reason, message))
 
+    def condition(self, type_: str, status: bool, reason: str, message: str) -> None:
+        _set_condition(self.conditions, type_, status, reason, message, self.now, self.o.generation)
+
     def remove(self, pod: PodView, reason: str, grace: int | None = None) -> None:
+        """Deletes a pod for ``reason`` (recorded on the pod). A worker the operator removes is accounted for at once:
+        its exit, whatever the code, is neither a failure nor a preemption."""
         if pod.name in self.removed or pod.deleting:
             return
         self.removed.add(pod.name)
+        if pod.role == "worker" and pod.name not in self.accounted:
+            self.account(pod)
         self.actions.append(act.DeletePod(pod.name, reason, grace))
 
     def account(self, pod: PodView) -> None:
@@ -134,6 +183,10 @@ class _Reconcile:
 
     def live_workers(self) -> list[PodView]:
         return [w for w in self.workers() if w.active and w.name not in self.removed and w.round == self.round]
+
+    def current_store(self) -> PodView | None:
+        return next((p for p in self.o.pods if p.role == "rendezvous" and p.round == self.round and self.round > 0
+                     and p.active and p.name not in self.removed and self._node_ok(p)), None)
 
     def record_preemption(self, pod: PodView, why: str) -> None:
         if pod.name in self.accounted:
@@ -146,46 +199,73 @@ class _Reconcile:
         self.event("WorkerPreempted", f"worker {pod.name} on {pod.node} ({key}) lost: {why}; "
                    f"{key} avoided until {format_time(self.cooldowns[key])}", warning=True)
 
+    def notice_for(self, pod: PodView, node: NodeView | None) -> TerminationNotice | None:
+        term = self.spec.termination
+        return ((node and node_notice(node, self.now, term.sources, term.proactive_on_rebalance))
+                or pod_notice(pod, self.now, term.sources))
+
     # -- the steps ------------------------------------------------------------------------------------------
 
+    def step(self, run: Callable[[], object]) -> None:
+        """Runs one step; an exception (a spec value no check foresaw, a corner of the world nobody expected) is
+        reported on the job and the other steps still run: a bug in scaling must never stop a drain."""
+        try:
+            run()
+        except Exception as e:  # reported on the job (report_errors), never swallowed
+            self.errors.append(f"{getattr(run, '__name__', 'step')}: {type(e).__name__}: {e}")
+
     def run(self) -> Decision:
+        done = next((w for w in self.workers() if w.completed), None)
         if self.phase in TERMINAL:
-            self.finish_cleanup()
-        elif any(w.completed for w in self.workers()):
-            self.succeed()
+            self.step(self.finish_cleanup)
+        elif done is not None:
+            self.step(lambda: self.succeed(done))
         elif self.spec.suspend:
-            self.suspend()
+            self.step(self.suspend)
         else:
-            self.account_lost_workers()
+            self.step(self.collect_orphans)
+            self.step(self.account_lost_workers)
             if not self.over_budget():
-                self.ensure_rendezvous()
-                self.drain()
-                self.scale()
-                self.update_phase()
+                # Drains first: whatever fails further on, a notice still gets its checkpoint and its eviction.
+                self.step(self.drain)
+                self.step(self.ensure_rendezvous)
+                self.step(self.scale)
+                self.step(self.update_phase)
+        self.report_errors()
         return Decision(self.actions, self.status())
+
+    def report_errors(self) -> None:
+        previous = next((c for c in self.o.status.conditions if c.get("type") == "ReconcileError"), None)
+        if self.errors:
+            message = "; ".join(self.errors)[:1024]
+            self.condition("ReconcileError", True, "StepFailed", message)
+            # One event per distinct error, not one per pass: a job stuck on bad input must not flood the API.
+            if previous is None or previous.get("status") != "True" or previous.get("message") != message:
+                self.event("ReconcileError", message, warning=True)
+        elif previous is not None:
+            self.condition("ReconcileError", False, "Recovered", "the last pass ran every step")
 
     def finish_cleanup(self) -> None:
         for pod in self.o.pods:
             if pod.active:
                 self.remove(pod, f"job {self.phase.lower()}")
         ttl = self.spec.ttl_seconds_after_finished
-        expired = self.completion_time and self.now >= self.completion_time + datetime.timedelta(seconds=ttl or 0)
-        if ttl is not None and expired:
+        if ttl is None or self.completion_time is None:
+            return
+        if (self.now - self.completion_time).total_seconds() >= ttl:
             self.actions.append(act.DeleteJob())
 
-    def succeed(self) -> None:
-        done = next(w for w in self.workers() if w.completed)
+    def succeed(self, done: PodView) -> None:
         final = done.final_checkpoint
         # The endpoints are gone by now; only the termination message tells of the final checkpoint.
         if isinstance(final.get("step"), int) and final["step"] >= int(self.last_checkpoint.get("step", -1)):
             self.last_checkpoint = {k: final[k] for k in ("step", "time", "uri") if final.get(k) is not None}
         self.phase = "Succeeded"
         self.completion_time = self.now
+        self.drains.clear()
         self.event("Succeeded", f"trainer reported completion (worker {done.name})")
-        _set_condition(self.conditions, "Succeeded", True, "TrainerCompleted",
-                       "the trainer reported that training completed", self.now, self.o.generation)
-        _set_condition(self.conditions, "Ready", False, "Succeeded", "training completed", self.now,
-                       self.o.generation)
+        self.condition("Succeeded", True, "TrainerCompleted", "the trainer reported that training completed")
+        self.condition("Ready", False, "Succeeded", "training completed")
         self.finish_cleanup()
 
     def suspend(self) -> None:
@@ -198,8 +278,26 @@ class _Reconcile:
         self.phase = "Suspended"
         self.pending_since = self.scale_up_after = None
         self.drains.clear()
-        _set_condition(self.conditions, "Ready", False, "Suspended", "spec.suspend is true", self.now,
-                       self.o.generation)
+        self.condition("Ready", False, "Suspended", "spec.suspend is true")
+
+    def collect_orphans(self) -> None:
+        """Pods bound to a node that no longer exists never finish a graceful termination (no kubelet is left to
+        confirm it): they would hold the job's pods on a lost node forever, as Terminating. kube-controller-manager's
+        pod garbage collector force-deletes such pods too, but only after its 40 s quarantine (pkg/controller/podgc);
+        nothing can run on a deleted node, so they go now, with grace 0."""
+        if "nodeHealth" not in self.spec.termination.sources:
+            return
+        for pod in self.o.pods:
+            if not pod.node or pod.node in self.o.nodes or pod.name in self.removed:
+                continue
+            if pod.deleting and pod.deletion_grace == 0:
+                continue
+            if pod.role == "worker":
+                self.record_preemption(pod, f"node {pod.node} was deleted")
+            self.removed.add(pod.name)
+            if pod.role == "worker" and pod.name not in self.accounted:
+                self.account(pod)
+            self.actions.append(act.DeletePod(pod.name, f"node {pod.node} deleted", 0))
 
     def account_lost_workers(self) -> None:
         sources = self.spec.termination.sources
@@ -208,14 +306,13 @@ class _Reconcile:
                 continue
             node = self.o.nodes.get(w.node) if w.node else None
             if w.node and node is None:
-                if "nodeHealth" in sources or w.deleting:
-                    self.record_preemption(w, f"node {w.node} was deleted")
-                    self.remove(w, "node deleted", grace=0)
-                continue
-            notice = (node and node_notice(node, self.now, sources, True)) or pod_notice(w, self.now, sources)
-            drained = w.node in self.drains and self.drains[w.node].evicted
+                continue  # its node is gone: collect_orphans
+            notice = self.notice_for(w, node)
+            drained = self.drain_of(w.node) is not None
             if w.phase == "Failed" or (w.phase == "Succeeded" and not w.completed):
-                if notice or drained or w.disruption_reason:
+                if w.deletion_reason:
+                    self.account(w)  # removed by the operator (scale-down, new round, return to spot): not a loss
+                elif notice or drained or w.disruption_reason:
                     self.record_preemption(w, notice.reason if notice else "evicted after a notice")
                 else:
                     self.account(w)
@@ -224,6 +321,10 @@ class _Reconcile:
                                f"failures {self.failures}/{self.spec.max_failures}", warning=True)
                 self.remove(w, "worker exited")
             elif node is not None and not node.ready and not w.deleting and "nodeHealth" in sources:
+                if (notice and notice.graceful) or w.disruption_reason == "TerminationByKubelet":
+                    # Graceful node shutdown: the kubelet is terminating the pods with their grace period, so the
+                    # SIGTERM checkpoint still runs; the drain asks for it. Deleting with grace 0 would kill it.
+                    continue
                 # The node stopped heartbeating: nothing on it can checkpoint any more.
                 self.record_preemption(w, f"node {node.name} is {node.ready_status} ({node.ready_reason})")
                 self.remove(w, "node not ready", grace=0)
@@ -240,31 +341,54 @@ class _Reconcile:
             return False
         self.phase = "Failed"
         self.completion_time = self.now
+        self.drains.clear()
         self.event("Failed", why, warning=True)
-        _set_condition(self.conditions, "Failed", True, "BudgetExceeded", why, self.now, self.o.generation)
-        _set_condition(self.conditions, "Ready", False, "Failed", why, self.now, self.o.generation)
+        self.condition("Failed", True, "BudgetExceeded", why)
+        self.condition("Ready", False, "Failed", why)
         self.finish_cleanup()
         return True
 
+    # -- the rendezvous store -------------------------------------------------------------------------------
+
     def ensure_rendezvous(self) -> None:
         stores = [p for p in self.o.pods if p.role == "rendezvous"]
-        current = [p for p in stores if p.round == self.round and self.round > 0]
-        alive = [p for p in current if p.active and self._node_ok(p)]
-        if self.round == 0 or not alive:
-            if self.round > 0:
-                self.event("RendezvousLost", f"rendezvous store of round {self.round} was lost; starting round "
-                           f"{self.round + 1} (workers rejoin from the last checkpoint)", warning=True)
+        previous = self.current_store()
+        if self.round == 0 or previous is None or self.store_move:
+            if self.store_move and previous is not None:
+                self.event("RendezvousMoved", f"rendezvous store {previous.name} leaves node {previous.node} "
+                           f"({self.store_move}); round {self.round + 1} starts on a new store and the workers "
+                           "rejoin from the checkpoint just taken")
+            elif self.round > 0:
+                self.event("RendezvousLost", f"rendezvous store of round {self.round} was lost without notice; "
+                           f"starting round {self.round + 1}; {self._steps_lost_text()}", warning=True)
             self.round += 1
-            zone = self._rendezvous_zone()
-            self.actions.append(act.EnsureService(render_rendezvous_service(self.o.job, self.spec)))
+            zone = self._rendezvous_zone(avoid=previous.zone if previous else None)
+            self.actions.append(act.EnsureService(render_rendezvous_service(self.o.job, self.spec, self.round)))
+            if self.o.job.control_token:  # the workers' control token (pods.render_control_secret)
+                self.actions.append(act.EnsureService(render_control_secret(self.o.job)))
             self.actions.append(act.CreatePod(render_rendezvous(self.o.job, self.spec, zone, self.round)))
+        formed = len([w for w in self.live_workers() if w.ready and w.phase == "Running"]) >= self.spec.min_nodes
         for p in stores:
-            if p.round != self.round and p.active:
+            if p.round == self.round or not p.active or p.name in self.removed:
+                continue
+            # The old store serves the old round's agents until they have stopped (their SIGTERM checkpoint needs the
+            # rendezvous alive); it goes once the new round has formed, or at once when its node is lost anyway.
+            old_round_running = any(w.round == p.round and (w.active or w.deleting) for w in self.workers())
+            if formed or not old_round_running or not self._node_ok(p):
                 self.remove(p, "old rendezvous round", grace=0)
         for w in self.workers():
             if w.round != self.round and w.active:
                 # An agent cannot join a store it has never seen: old-round workers restart in the new round.
                 self.remove(w, f"rendezvous round {self.round} started")
+
+    def _steps_lost_text(self) -> str:
+        kept = self.last_checkpoint.get("step")
+        steps = [t.step for t in self.o.trainers.values() if t is not None and t.step is not None]
+        if isinstance(kept, int) and steps:
+            return f"{max(0, max(steps) - kept)} steps since the checkpoint of step {kept} are lost"
+        if isinstance(kept, int):
+            return f"training resumes from the checkpoint of step {kept}; the steps after it are lost"
+        return "no durable checkpoint is known: training restarts from the start"
 
     def _node_ok(self, pod: PodView) -> bool:
         if pod.node is None:
@@ -272,83 +396,138 @@ class _Reconcile:
         node = self.o.nodes.get(pod.node)
         return node is not None and node.ready and not node.deleting
 
-    def _rendezvous_zone(self) -> str | None:
-        """The zone of the stable pool with the most ready nodes (zone spreading does not apply to one pod)."""
+    def _rendezvous_zone(self, avoid: str | None = None) -> str | None:
+        """The zone of the stable pool with the most nodes that could take the store now (zone spreading does not
+        apply to one pod); a store that moves prefers another zone than the one it leaves, where one exists."""
         pool = self.spec.pool(self.spec.rendezvous_pool_name)
-        zones = Counter(n.zone for n in self.o.nodes.values() if n.ready and pool.matches(dict(n.labels)))
-        return min(zones, key=lambda z: (-zones[z], z)) if zones else None
+        tolerations = placement.pool_tolerations(self.spec, pool)
+        zones = Counter(n.zone for n in self.o.nodes.values()
+                        if n.zone and pool.matches(dict(n.labels)) and placement.node_accepts(n, tolerations))
+        return min(zones, key=lambda z: (z == avoid, -zones[z], z)) if zones else None
 
-    # -- drains (issue: act on the warning) ---------------------------------------------------------------
+    def _store_move_reason(self, store: PodView) -> str | None:
+        """Why a healthy store should move although no cloud announced its node's end."""
+        if not any(p.name == store.pool for p in self.spec.pools):
+            return f"pool {store.pool} is no longer in spec.placement.pools"
+        node = self.o.nodes.get(store.node or "")
+        if node is not None and node.unschedulable:
+            return f"node {node.name} is cordoned"
+        return None
+
+    # -- drains: act on the warning ----------------------------------------------------------------------------
+
+    def drain_of(self, node_name: str | None) -> Drain | None:
+        """The drain of this very node (by UID: a new node that reuses the name is not being drained)."""
+        drain = self.drains.get(node_name or "")
+        if drain is None:
+            return None
+        node = self.o.nodes.get(drain.node)
+        return drain if node is None or drain.concerns(node) else None
 
     def drain(self) -> None:
-        term = self.spec.termination
+        live = self.live_workers()
+        store = self.current_store()
+        watched: dict[str, PodView] = {w.node: w for w in live if w.node}
+        if store is not None and store.node:
+            watched.setdefault(store.node, store)
+        fresh: list[tuple[TerminationNotice, NodeView | None]] = []
+        for node_name, pod in watched.items():
+            node = self.o.nodes.get(node_name)
+            if self.drain_of(node_name) is not None:
+                continue
+            notice = self.notice_for(pod, node)
+            if notice is None and store is not None and store.node == node_name:
+                why = self._store_move_reason(store)
+                notice = why and TerminationNotice(node_name, "rendezvous", why, self.now + STORE_MOVE_DEADLINE)
+            if notice:  # late ones too: a deadline already past still gets a checkpoint request and a graceful stop
+                fresh.append((notice, node))
+        if fresh:
+            self._start_drains(fresh, live)
+        self._act_when_due(store)
+        self._forget_finished_drains()
+        checkpointing = bool(self.drains)
+        self.condition("Checkpointing", checkpointing, "InterruptionNotice" if checkpointing else "Idle",
+                       "coordinated checkpoint requested before nodes are reclaimed" if checkpointing
+                       else "no drain in progress")
+
+    def _start_drains(self, fresh: Sequence[tuple[TerminationNotice, NodeView | None]],
+                      live: Sequence[PodView]) -> None:
+        in_flight = next(iter(self.drains.values()), None)
+        request_id = in_flight.request_id if in_flight else f"{self.o.job.uid[:8]}-{int(self.now.timestamp())}"
+        for notice, node in fresh:
+            self.drains[notice.node] = Drain(notice.node, notice.source, notice.deadline, request_id, self.now,
+                                             node.uid if node else "")
+        notices = [n for n, _ in fresh]
+        nodes = ", ".join(sorted(n.node for n in notices))
+        deadline = min(n.deadline for n in notices)
+        # Notices of one burst may arrive over several reconciles; later ones ride on the checkpoint already
+        # requested, so the event says which checkpoint covers them rather than announcing another.
+        action = (f"covered by the coordinated checkpoint {request_id} already requested" if in_flight else
+                  f"requesting coordinated checkpoint {request_id} before {format_time(deadline)}")
+        self.event("InterruptionNotice", f"{len(notices)} node(s) will be reclaimed ({nodes}; "
+                   f"{notices[0].reason}); {action}", warning=True)
+        if not in_flight:
+            self.actions.append(act.RequestCheckpoint(request_id, notices[0].reason, format_time(deadline),
+                                                      tuple((w.name, w.ip) for w in live if w.ip)))
+
+    def _durable(self, drain: Drain) -> bool:
+        return any(t is not None and t.checkpoint_request_id == drain.request_id for t in self.o.trainers.values())
+
+    def _act_when_due(self, store: PodView | None) -> None:
+        margin = self.spec.termination.safety_margin_seconds
         live = self.live_workers()
         by_node = {w.node: w for w in live if w.node}
-        fresh: list[TerminationNotice] = []
-        for node_name, worker in by_node.items():
-            if node_name in self.drains:
-                continue
-            node = self.o.nodes.get(node_name)
-            notice = (node and node_notice(node, self.now, term.sources, term.proactive_on_rebalance)) or pod_notice(
-                worker, self.now, term.sources)
-            if notice and notice.deadline > self.now:
-                fresh.append(notice)
-        if fresh:
-            in_flight = next((d for d in self.drains.values() if not d.evicted), None)
-            request_id = in_flight.request_id if in_flight else f"{self.o.job.uid[:8]}-{int(self.now.timestamp())}"
-            for notice in fresh:
-                self.drains[notice.node] = Drain(notice.node, notice.source, notice.deadline, request_id, self.now)
-            nodes = ", ".join(sorted(n.node for n in fresh))
-            deadline = min(n.deadline for n in fresh)
-            # Notices of one burst may arrive over several reconciles; later ones ride on the checkpoint already
-            # requested, so the event says which checkpoint covers them rather than announcing another.
-            action = (f"covered by the coordinated checkpoint {request_id} already requested" if in_flight else
-                      f"requesting coordinated checkpoint {request_id} before {format_time(deadline)}")
-            self.event("InterruptionNotice", f"{len(fresh)} node(s) will be reclaimed ({nodes}; "
-                       f"{fresh[0].reason}); {action}", warning=True)
-            if not in_flight:
-                self.actions.append(act.RequestCheckpoint(
-                    request_id, fresh[0].reason, format_time(deadline),
-                    tuple((w.name, w.ip) for w in live if w.ip)))
-        self._evict_when_due(by_node)
-        self._forget_finished_drains()
-        checkpointing = any(not d.evicted for d in self.drains.values())
-        _set_condition(self.conditions, "Checkpointing", checkpointing,
-                       "InterruptionNotice" if checkpointing else "Idle",
-                       "coordinated checkpoint requested before nodes are reclaimed" if checkpointing
-                       else "no drain in progress", self.now, self.o.generation)
-
-    def _evict_when_due(self, by_node: Mapping[str, PodView]) -> None:
-        margin = datetime.timedelta(seconds=self.spec.termination.safety_margin_seconds)
+        retried: set[str] = set()
         for node_name, d in list(self.drains.items()):
-            if d.evicted:
-                continue
             worker = by_node.get(node_name)
+            holds_store = store is not None and store.node == node_name
+            if worker is None and not holds_store:
+                continue
+            durable = self._durable(d)
+            unreachable = worker is not None and worker.name in self.o.trainers and self.o.trainers[worker.name] is None
+            due = self.now >= d.deadline - datetime.timedelta(seconds=margin)
+            if not (durable or unreachable or due or not live):
+                if d.request_id not in retried:
+                    retried.add(d.request_id)
+                    self._request_again(d, live)
+                continue
+            why = ("checkpoint durable" if durable else "control endpoint unreachable" if unreachable else
+                   "no worker to checkpoint" if not live else "deadline minus safety margin reached")
+            if holds_store:
+                self.store_move = f"{d.source}: {why}"
             if worker is None:
-                self.drains[node_name] = Drain(d.node, d.source, d.deadline, d.request_id, d.requested_at, True)
                 continue
-            durable = any(t is not None and t.checkpoint_request_id == d.request_id for t in self.o.trainers.values())
-            unreachable = worker.name in self.o.trainers and self.o.trainers[worker.name] is None
-            due = self.now >= d.deadline - margin
-            if not (durable or unreachable or due):
-                continue
-            grace = max(0, int((d.deadline - margin - self.now).total_seconds()))
-            why = "checkpoint durable" if durable else ("control endpoint unreachable" if unreachable else
-                                                        "deadline minus safety margin reached")
             trainer = self.o.trainers.get(worker.name)
             if not durable and trainer and trainer.step is not None and trainer.checkpoint_step is not None:
                 self.lost_steps += max(0, trainer.step - trainer.checkpoint_step)
             self.record_preemption(worker, f"interruption notice ({d.source}), drained: {why}")
             self.removed.add(worker.name)
-            self.actions.append(act.EvictPod(worker.name, grace))
-            self.actions.append(act.MarkNodeDrained(node_name))
-            self.drains[node_name] = Drain(d.node, d.source, d.deadline, d.request_id, d.requested_at, True)
+            self.actions.append(act.EvictPod(worker.name, _grace_seconds(d.deadline, self.now, margin)))
+
+    def _request_again(self, drain: Drain, live: Sequence[PodView]) -> None:
+        """A checkpoint request a worker answered with an error, or never received, is sent again until the
+        deadline: workers whose endpoint answers but does not know the request get it once more (the same id is a
+        no-op for those that have it)."""
+        missing = tuple((w.name, w.ip) for w in live if w.ip and (t := self.o.trainers.get(w.name)) is not None
+                        and not t.knows(drain.request_id))
+        if missing:
+            self.actions.append(act.RequestCheckpoint(drain.request_id, f"{drain.source} (retry)",
+                                                      format_time(drain.deadline), missing))
 
     def _forget_finished_drains(self) -> None:
-        on_nodes = {w.node for w in self.workers() if w.node and w.phase not in TERMINAL}
+        """A drain ends when none of the job's pods is left on its node (or the node, or its name's owner, is gone);
+        the node is then marked drained, which acknowledges an Azure Scheduled Event."""
         for node_name, d in list(self.drains.items()):
-            if d.evicted and (node_name not in self.o.nodes or node_name not in on_nodes):
+            node = self.o.nodes.get(node_name)
+            if node is not None and not d.concerns(node):
+                del self.drains[node_name]  # a new node reuses the name: the old drain is over
+                continue
+            left = [p for p in self.o.pods if p.node == node_name and (p.active or p.deleting)]
+            if node is None:
                 del self.drains[node_name]
+            elif not left:
+                del self.drains[node_name]
+                self.actions.append(act.MarkNodeDrained(node_name))
 
     # -- scaling and placement -----------------------------------------------------------------------------
 
@@ -359,25 +538,22 @@ class _Reconcile:
         self._scale_down(live, target)
         self._replace_stranded(self.live_workers())
         live = self.live_workers()
-        fallback_after = datetime.timedelta(seconds=spec.fallback.after_seconds) if spec.fallback else None
-        unschedulable = [w for w in live if w.unschedulable_since and spec.pool(w.pool).spot]
-        fallback_active = bool(
-            fallback_after is not None
-            and (unschedulable or (self.pending_since and self.now - self.pending_since >= fallback_after))
-        )
-        if fallback_active and unschedulable:
-            for w in unschedulable:
-                self.remove(w, "spot capacity unschedulable; falling back to on-demand")
-            live = self.live_workers()
-        available = placement.offerings(spec, self.o.nodes.values(), self.workers(), self.cooldowns, self.now,
-                                        fallback_active)
+        spot_offers = self._offerings(fallback_active=False)
         missing = target - len(live)
-        spot_room = placement.spot_capacity(available, spec)
-        short_of_spot = missing > spot_room or any(w.phase == "Pending" and w.unschedulable_since for w in live)
+        # Spot is short when the workers still missing have no spot offering left. A spot worker that is merely
+        # Pending is not a shortage: every autoscaled node starts that way; one whose node does not come is
+        # re-placed (and its zone cooled down) by _replace_stranded, which is what leads to a shortage.
+        short_of_spot = missing > placement.spot_capacity(spot_offers, spec)
         if short_of_spot and self.pending_since is None:
             self.pending_since = self.now
         elif not short_of_spot:
             self.pending_since = None
+        # Fall back only once spot has been short for spec.fallback.after: falling back on the first Unschedulable
+        # spot worker ignored `after` and flapped between spot and on-demand.
+        fallback_after = datetime.timedelta(seconds=spec.fallback.after_seconds) if spec.fallback else None
+        fallback_active = bool(fallback_after is not None and self.pending_since is not None
+                               and self.now - self.pending_since >= fallback_after)
+        available = self._offerings(fallback_active=True) if fallback_active else spot_offers
 
         count = self._batched(missing, sum(o.free_nodes for o in available), bool(live))
         choices = placement.choose(spec, available, live, count)
@@ -393,21 +569,42 @@ class _Reconcile:
             self.message = (f"{len(live)}/{target} workers; no free node in pools "
                             f"{', '.join(p.name for p in placement.worker_pools(spec, fallback_active))}"
                             + (f" (cooldown: {', '.join(sorted(self.cooldowns))})" if self.cooldowns else ""))
-        self._return_to_spot(available)
+        self._return_to_spot(spot_offers)
         _set_condition(self.conditions, "FallbackActive", fallback_active or any(
             not spec.pool(w.pool).spot for w in self.live_workers() if spec.fallback and w.pool == spec.fallback.pool),
             "SpotCapacityShort" if fallback_active else "SpotAvailable",
             "workers run on the on-demand fallback pool" if fallback_active else "workers run on spot",
             self.now, self.o.generation)
 
+    def _offerings(self, fallback_active: bool, workers: Sequence[PodView] | None = None,
+                   cooldowns: Mapping[str, datetime.datetime] | None = None) -> list[placement.Offering]:
+        return placement.offerings(
+            self.spec, self.o.nodes.values(), self.workers() if workers is None else workers,
+            self.cooldowns if cooldowns is None else cooldowns, self.now, fallback_active,
+            node_pools=self.o.node_pools, room=self.o.node_room)
+
     def _replace_stranded(self, live: list[PodView]) -> None:
-        """A worker pinned to a pool and zone that no longer has any node (a zone lost while it was being
-        placed) would wait forever; it is removed so that it is placed again where capacity is."""
-        anywhere = {(o.pool, o.zone) for o in placement.offerings(self.spec, self.o.nodes.values(), [], {}, self.now,
-                                                                  True)}
-        for w in live:
-            if w.phase == "Pending" and w.unschedulable_since and (w.pool, w.zone) not in anywhere:
-                self.remove(w, f"{w.pool}/{w.zone} has no node left; placing the worker elsewhere")
+        """A pending worker (or return-to-spot probe) whose node will not come is placed again elsewhere: at once
+        when its pool and zone can no longer offer a node at all (the zone lost its last node while the worker was
+        being placed, its NodePool reached its limits), and after the pool's provisioningTimeout otherwise (the
+        autoscaler did not deliver), with the pool and zone cooled down so the next offering is tried."""
+        anywhere = {(o.pool, o.zone) for o in self._offerings(fallback_active=True, workers=[], cooldowns={})}
+        probes = [p for p in self.o.pods if p.role == PROBE_ROLE and p.active]
+        for w in [*live, *probes]:
+            if w.phase != "Pending" or w.node or w.name in self.removed:
+                continue
+            if w.unschedulable_since and (w.pool, w.zone) not in anywhere:
+                self.remove(w, f"{w.pool}/{w.zone} can offer no node; placing the {w.role} elsewhere")
+                continue
+            timeout = datetime.timedelta(seconds=self.spec.pool(w.pool).provisioning_timeout_seconds)
+            if w.created is None or self.now - w.created < timeout:
+                continue
+            key = placement.cooldown_key(w.pool, w.zone)
+            self.cooldowns[key] = self.now + datetime.timedelta(seconds=self.spec.cooldown_seconds)
+            self.remove(w, f"no node for {key} within its provisioning timeout")
+            waited = int((self.now - w.created).total_seconds())
+            self.event("ProvisioningTimeout", f"{w.role} {w.name} waited {waited} s for a node in {key}; {key} "
+                       f"avoided until {format_time(self.cooldowns[key])}", warning=True)
 
     def _since_text(self) -> str:
         if self.pending_since is None:
@@ -456,28 +653,51 @@ class _Reconcile:
                        f"scaled from {len(live)} to {target} workers after a spec update", self.now,
                        self.o.generation)
 
-    def _return_to_spot(self, available: Sequence[placement.Offering]) -> None:
+    def _return_to_spot(self, spot_offers: Sequence[placement.Offering]) -> None:
+        """Moves workers from the on-demand fallback back to spot once spot capacity has really arrived: spot nodes
+        that exist and are free. An autoscaled spot pool shows no such node until something asks for one, so while
+        workers run on on-demand one probe pod (the worker's size and placement, running nothing) asks for it; once
+        the probe runs, its node is there and one worker moves. A probe that gets no node times out like a worker
+        and costs the job nothing: the workers keep training on on-demand meanwhile."""
         fb = self.spec.fallback
-        if not fb or not fb.return_to_spot:
+        probes = [p for p in self.o.pods if p.role == PROBE_ROLE and p.active and p.name not in self.removed]
+        on_demand = [w for w in self.live_workers() if fb and w.pool == fb.pool and not self.spec.pool(w.pool).spot]
+        if not fb or not fb.return_to_spot or not on_demand or self.pending_since is not None:
+            for p in probes:
+                self.remove(p, "no probe needed", grace=0)
             return
-        on_demand = [w for w in self.live_workers() if w.pool == fb.pool and self.spec.pool(w.pool).spot is False]
-        if not on_demand or any(w.phase == "Pending" for w in self.live_workers()):
+        if any(w.phase == "Pending" for w in self.live_workers()):
             return
-        spot_offers = [o for o in available if self.spec.pool(o.pool).spot]
-        room = placement.spot_capacity(spot_offers, self.spec)
-        if room <= 0 or self.pending_since is not None:
-            return
-        k = min(room, len(on_demand))
+        arrived = [p for p in probes if p.phase == "Running" and p.node]
         spot_live = [w for w in self.live_workers() if w.pool != fb.pool]
-        choices = placement.choose(self.spec, spot_offers, spot_live, k)
-        if not choices:
-            return
-        leaving = sorted(on_demand, key=lambda w: -w.serial)[: len(choices)]
-        for w in leaving:
-            self.remove(w, "returning to spot")
-        self._create(choices)
-        self.event("ReturnToSpot", f"spot capacity is back: moving {len(choices)} worker(s) from on-demand to "
-                   + ", ".join(f"{c.pool}/{c.zone}" for c in choices))
+        existing = [placement.Offering(o.pool, o.zone, o.existing, o.existing) for o in spot_offers if o.existing > 0]
+        for p in arrived:
+            # The probe's node is the capacity that arrived: removing the probe makes room there for the worker
+            # that moves. (A node whose room is unknown already counts as free among the existing offerings.)
+            self.remove(p, "spot capacity arrived", grace=0)
+            if p.node in self.o.node_room:
+                existing.append(placement.Offering(p.pool, p.zone, 1, 1))
+        room = sum(o.free_nodes for o in existing)
+        if room > 0:
+            choices = placement.choose(self.spec, existing, spot_live, min(room, len(on_demand)))
+            if choices:
+                for w in sorted(on_demand, key=lambda w: -w.serial)[: len(choices)]:
+                    self.remove(w, "returning to spot")
+                self._create(choices)
+                self.event("ReturnToSpot", f"spot capacity is back: moving {len(choices)} worker(s) from on-demand "
+                           "to " + ", ".join(f"{c.pool}/{c.zone}" for c in choices))
+                return
+        if probes:
+            return  # one probe at a time
+        hoped = [o for o in spot_offers if o.free_nodes > o.existing]
+        for choice in placement.choose(self.spec, hoped, spot_live, 1):
+            self.serial += 1
+            pool = self.spec.pool(choice.pool)
+            self.actions.append(act.CreatePod(render_probe(
+                self.o.job, choice, self.serial, self.round, placement.pool_node_selector(self.spec, pool),
+                placement.pool_tolerations(self.spec, pool), placement.worker_request(self.spec))))
+            self.event("SpotProbe", f"asking {choice.pool}/{choice.zone} for a spot node with a probe pod; "
+                       f"workers stay on on-demand until it runs")
 
     # -- status --------------------------------------------------------------------------------------------
 
@@ -485,24 +705,21 @@ class _Reconcile:
         live = self.live_workers()
         ready = [w for w in live if w.ready and w.phase == "Running"]
         created = any(isinstance(a, act.CreatePod | act.DeletePod | act.EvictPod) for a in self.actions)
-        draining = any(not d.evicted for d in self.drains.values())
         min_nodes = self.spec.min_nodes
         if len(ready) >= min_nodes and self.start_time is None:
             self.start_time = self.now
         if len(ready) < min_nodes:
             self.phase = "Pending" if self.start_time is None else "Waiting"
             msg = self.message or f"{len(ready)} of at least {min_nodes} workers ready"
-            _set_condition(self.conditions, "Waiting", True, "BelowMinNodes", msg, self.now, self.o.generation)
-            _set_condition(self.conditions, "Ready", False, "BelowMinNodes", msg, self.now, self.o.generation)
+            self.condition("Waiting", True, "BelowMinNodes", msg)
+            self.condition("Ready", False, "BelowMinNodes", msg)
             if self.phase == "Waiting" and self.o.status.phase != "Waiting":
                 self.event("WaitingForCapacity", f"below spec.elastic.minNodes={min_nodes}: {msg}; the last "
                            "checkpoint is safe and training resumes when capacity returns", warning=True)
             return
-        self.phase = "Rescaling" if (created or draining or len(ready) < len(live)) else "Running"
-        _set_condition(self.conditions, "Waiting", False, "EnoughWorkers", f"{len(ready)} workers ready", self.now,
-                       self.o.generation)
-        _set_condition(self.conditions, "Ready", True, "Training", f"training on {len(ready)} nodes", self.now,
-                       self.o.generation)
+        self.phase = "Rescaling" if (created or self.drains or len(ready) < len(live)) else "Running"
+        self.condition("Waiting", False, "EnoughWorkers", f"{len(ready)} workers ready")
+        self.condition("Ready", True, "Training", f"training on {len(ready)} nodes")
 
     def _cost(self, live: Sequence[PodView]) -> dict[str, Any]:
         hourly = on_demand = 0.0
@@ -524,51 +741,46 @@ class _Reconcile:
                                     "uri": best.checkpoint_uri}
             self.last_checkpoint = {k: v for k, v in self.last_checkpoint.items() if v is not None}
 
+    def _capacity_type(self, pool_name: str) -> str | None:
+        pool = next((p for p in self.spec.pools if p.name == pool_name), None)
+        return None if pool is None else ("spot" if pool.spot else "on-demand")
+
     def status(self) -> dict[str, Any]:
         self._trainer_checkpoint()
-        live = [w for w in self.live_workers() if w.phase == "Running"]
         all_live = self.live_workers()
-        ready = sum(1 for w in live if w.ready)
+        running = [w for w in all_live if w.phase == "Running"]
+        ready = sum(1 for w in running if w.ready)
         desired = 0 if self.phase in (*TERMINAL, "Suspended") else min(
             max(self.spec.target_nodes, self.spec.min_nodes), self.spec.max_nodes)
-        counts = {"byPool": Counter(w.pool for w in live), "byZone": Counter(w.zone for w in live),
-                  "byCapacityType": Counter("spot" if self.spec.pool(w.pool).spot else "on-demand" for w in live
-                                            if any(p.name == w.pool for p in self.spec.pools))}
-        status: dict[str, Any] = {
-            "phase": self.phase,
-            "observedGeneration": self.o.generation,
-            "conditions": self.conditions,
-            "selector": selector(self.o.job),
-            "readyWorkers": ready,
-            "desiredWorkers": desired,
-            "workersSummary": f"{ready}/{desired}",
-            "worldSize": ready * self.spec.nproc_per_node,
-            "workers": {k: dict(v) for k, v in counts.items()},
-            "preemptions": self.preemptions,
-            "preemptionsByPool": dict(self.preemptions_by_pool),
-            "failures": self.failures,
-            "podSerial": self.serial,
-            "accountedPods": self.accounted[-ACCOUNTED_KEPT:],
-            "rendezvous": {
-                "endpoint": self.o.job.rendezvous_endpoint(self.spec.rendezvous_port),
-                "id": self.o.job.rendezvous_id(self.round),
-                "round": self.round,
-            },
-            "cooldowns": {k: format_time(v) for k, v in sorted(self.cooldowns.items())},
-            "drains": {
-                n: {"source": d.source, "deadline": format_time(d.deadline), "requestID": d.request_id,
-                    "requestedAt": format_time(d.requested_at), "evicted": d.evicted}
-                for n, d in sorted(self.drains.items())
-            },
-            "cost": self._cost(all_live),
-            "lostSteps": self.o.status.lost_steps + self.lost_steps,
-        }
-        for key, value in (("pendingSince", self.pending_since), ("scaleUpAfter", self.scale_up_after),
-                           ("startTime", self.start_time), ("completionTime", self.completion_time)):
-            status[key] = format_time(value) if value else None
-        if self.last_checkpoint:
-            status["lastCheckpoint"] = self.last_checkpoint
-        return status
+        capacity_types = [c for w in running if (c := self._capacity_type(w.pool))]
+        return JobStatus(
+            phase=self.phase,
+            observed_generation=self.o.generation,
+            conditions=tuple(self.conditions),
+            round=self.round,
+            rendezvous_endpoint=self.o.job.rendezvous_endpoint(self.spec.rendezvous_port),
+            rendezvous_id=self.o.job.rendezvous_id(self.round),
+            serial=self.serial,
+            preemptions=self.preemptions,
+            failures=self.failures,
+            lost_steps=self.o.status.lost_steps + self.lost_steps,
+            preemptions_by_pool=dict(self.preemptions_by_pool),
+            accounted=tuple(self.accounted[-ACCOUNTED_KEPT:]),
+            cooldowns=self.cooldowns,
+            pending_since=self.pending_since,
+            scale_up_after=self.scale_up_after,
+            start_time=self.start_time,
+            completion_time=self.completion_time,
+            drains=self.drains,
+            last_checkpoint=self.last_checkpoint,
+            selector=selector(self.o.job),
+            ready_workers=ready,
+            desired_workers=desired,
+            world_size=ready * self.spec.nproc_per_node,
+            workers={"byPool": dict(Counter(w.pool for w in running)), "byZone": dict(Counter(w.zone for w in running)),
+                     "byCapacityType": dict(Counter(capacity_types))},
+            cost=self._cost(all_live),
+        ).to_body()
 
 
 def decide(observed: Observed) -> Decision:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +159,6 @@ def test_hints_and_rebalance_are_not_notices_unless_asked() -> None:
 
 
 def test_deadlines_come_from_the_signal_when_it_has_one() -> None:
-    action = NOW + datetime.timedelta(seconds=90)
-    nth = node("n", "spot-cpu", "a", taints=(Taint(wk.NTH_SPOT_ITN, "e", "NoSchedule"),),
-               labels={wk.NTH_ACTION_TIME_LABEL: str(int(action.timestamp()))})
-    assert node_notice(nth, NOW, ALL_SOURCES, False).deadline == action  # type: ignore[union-attr]
     agent = node("n", "spot-cpu", "a", taints=(Taint(wk.AGENT_INTERRUPTION_TAINT, "gcp-preempted", "NoSchedule"),),
                  annotations={wk.AGENT_DEADLINE_ANNOTATION: "2026-01-01T08:00:25Z"})
     assert node_notice(agent, NOW, ALL_SOURCES, False).deadline == NOW + datetime.timedelta(seconds=25)  # type: ignore[union-attr]
@@ -235,7 +232,7 @@ def test_lost_node_is_a_preemption_with_cooldown_not_a_failure() -> None:
     d = decide(observe(s, pods, nodes))
     assert d.status["preemptions"] == 1 and d.status["failures"] == 0
     assert "spot-cpu/a" in d.status["cooldowns"]
-    assert act.DeletePod("w0", "node deleted", 0) in d.actions
+    assert act.DeletePod("w0", "node s-a deleted", 0) in d.actions
     again = decide(observe(s, pods, nodes, JobStatus.from_body(d.status)))
     assert again.status["preemptions"] == 1, "a lost worker is counted once"
 
@@ -249,12 +246,13 @@ def test_notice_requests_one_checkpoint_then_evicts_when_durable() -> None:
     first = decide(observe(s, pods, nodes))
     requests = [a for a in first.actions if isinstance(a, act.RequestCheckpoint)]
     assert len(requests) == 1 and len(requests[0].pod_ips) == 3
-    assert first.status["drains"]["s-a"]["evicted"] is False
+    assert first.status["drains"]["s-a"]["requestID"] == requests[0].request_id
     assert not [a for a in first.actions if isinstance(a, act.EvictPod)]
 
     status = JobStatus.from_body(first.status)
+    holding = TrainerStatus(step=10, pending_request_id=requests[0].request_id)
     waiting = decide(observe(s, pods, nodes, status, NOW + datetime.timedelta(seconds=2),
-                             {"w0": TrainerStatus(step=10), "w1": TrainerStatus(step=10)}))
+                             {"w0": holding, "w1": holding}))
     assert not [a for a in waiting.actions if isinstance(a, act.EvictPod | act.RequestCheckpoint)]
 
     durable = TrainerStatus(step=11, checkpoint_step=11, checkpoint_request_id=requests[0].request_id)
@@ -262,8 +260,15 @@ def test_notice_requests_one_checkpoint_then_evicts_when_durable() -> None:
     evictions = [a for a in done.actions if isinstance(a, act.EvictPod)]
     assert [e.name for e in evictions] == ["w0"]
     assert 0 < evictions[0].grace_seconds <= 120
-    assert act.MarkNodeDrained("s-a") in done.actions
     assert done.status["preemptions"] == 1 and done.status["lastCheckpoint"]["step"] == 11
+    # The node is marked drained (the Azure acknowledgement) once the worker is gone, not when it is evicted.
+    assert act.MarkNodeDrained("s-a") not in done.actions
+    terminating = [pods[0], replace(pods[1], deleting=True), *pods[2:]]
+    after = JobStatus.from_body(done.status)
+    still = decide(observe(s, terminating, nodes, after, NOW + datetime.timedelta(seconds=6)))
+    assert act.MarkNodeDrained("s-a") not in still.actions and "s-a" in still.status["drains"]
+    gone = decide(observe(s, [pods[0], *pods[2:]], nodes, after, NOW + datetime.timedelta(seconds=7)))
+    assert act.MarkNodeDrained("s-a") in gone.actions and "s-a" not in gone.status.get("drains", {})
 
 
 def test_unreachable_worker_is_evicted_at_once_and_a_burst_is_one_request() -> None:
@@ -305,7 +310,8 @@ def test_deadline_minus_margin_forces_the_eviction() -> None:
     late = NOW + datetime.timedelta(seconds=21)  # 30 s GKE notice - 10 s margin
     d = decide(observe(s, pods, nodes, JobStatus.from_body(first.status), late, {"w0": TrainerStatus(step=5)}))
     (eviction,) = [a for a in d.actions if isinstance(a, act.EvictPod)]
-    assert eviction.grace_seconds == 0
+    # The safety margin is given to the pod as its grace, so that the SIGTERM checkpoint can still run.
+    assert eviction.grace_seconds == 10
 
 
 def test_notice_on_a_node_without_workers_does_nothing() -> None:
