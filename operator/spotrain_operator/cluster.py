@@ -12,6 +12,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from spotrain_operator import wellknown as wk
+from spotrain_operator.core.pods import job_label_value
 
 log = logging.getLogger("spotrain.cluster")
 # (connect, read) seconds: a call must never hang a job's reconcile loop on a half-dead connection.
@@ -39,7 +40,8 @@ class Cluster:
     def list_job_pods(self, namespace: str, name: str) -> list[dict[str, Any]]:
         # Plain JSON, not V1Pod models flattened again: on the path from a notice to the checkpoint request that
         # conversion cost ten times the request itself.
-        response = self.core.list_namespaced_pod(namespace, label_selector=f"{wk.JOB_LABEL}={name}", **RAW)
+        selector = f"{wk.JOB_LABEL}={job_label_value(name)}"
+        response = self.core.list_namespaced_pod(namespace, label_selector=selector, **RAW)
         pods: list[dict[str, Any]] = json.loads(response.data)["items"]
         return pods
 

@@ -29,7 +29,7 @@ from spotrain_operator.cluster import Cluster, Conflict
 from spotrain_operator.control_auth import ControlKey
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, format_time
-from spotrain_operator.core.pods import CONTROL_PORT, JobRef
+from spotrain_operator.core.pods import CONTROL_PORT, JobRef, owning_job
 from spotrain_operator.core.reconcile import Decision, Observed, TrainerStatus, decide
 from spotrain_operator.core.termination import node_notice
 from spotrain_operator.trainer_client import TrainerClient
@@ -86,10 +86,10 @@ async def nodes_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeV
 
 
 @kopf.index("pods", labels={wk.JOB_LABEL: kopf.PRESENT})
-async def jobs_by_node(spec: kopf.Spec, namespace: str | None, labels: Mapping[str, str],
+async def jobs_by_node(spec: kopf.Spec, namespace: str | None, body: kopf.Body,
                        **_: Any) -> dict[str, tuple[str, str]] | None:
-    node = spec.get("nodeName")
-    return {node: (namespace or "", labels[wk.JOB_LABEL])} if node else None
+    node, job = spec.get("nodeName"), owning_job(body["metadata"])
+    return {node: (namespace or "", job)} if node and job else None
 
 
 @kopf.on.event("nodes")
@@ -113,8 +113,11 @@ async def node_changed(type: str, name: str, body: kopf.Body, **kwargs: Any) -> 
 
 
 @kopf.on.event("pods", labels={wk.JOB_LABEL: kopf.PRESENT})
-async def pod_changed(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    runtime().wake((namespace or "", labels[wk.JOB_LABEL]))
+async def pod_changed(namespace: str | None, body: kopf.Body, **_: Any) -> None:
+    # The job's name from the owner reference: the job label holds a hash of a name over 63 characters.
+    job = owning_job(body["metadata"])
+    if job:
+        runtime().wake((namespace or "", job))
 
 
 @kopf.on.event(wk.GROUP, wk.VERSION, wk.PLURAL)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import re
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from hypothesis import given
@@ -13,6 +15,8 @@ from hypothesis import strategies as st
 
 from spotrain_operator import wellknown as wk
 from spotrain_operator.api import parse_spec
+from spotrain_operator.cluster import Cluster
+from spotrain_operator.controllers import jobs
 from spotrain_operator.core.placement import Choice
 from spotrain_operator.core.pods import (
     CONTROL_TOKEN_ENV,
@@ -99,6 +103,24 @@ def test_different_jobs_get_different_names(a: str, b: str) -> None:
         assert ja.rendezvous_service != jb.rendezvous_service
         assert ja.label != jb.label
         assert worker_name(ja, 1, 1) != worker_name(jb, 1, 1)
+
+
+def test_a_pod_of_a_long_named_job_wakes_that_job_and_is_indexed_under_it() -> None:
+    name = "a" * 100 + ".b"
+    pod = worker(JobRef(name, "ns", "0123456789abcdef"))
+    pod["spec"]["nodeName"] = "n1"
+    assert pod["metadata"]["labels"][wk.JOB_LABEL] != name
+    rt = jobs.Runtime(cast(Cluster, None))
+    rt.wakeups = {("ns", name): asyncio.Event()}
+    jobs.RUNTIME = rt
+    try:
+        changed = cast(Callable[..., Coroutine[Any, Any, None]], jobs.pod_changed)  # kopf types it as its protocol
+        asyncio.run(changed(namespace="ns", body=pod, labels=pod["metadata"]["labels"]))
+        assert rt.wakeups[("ns", name)].is_set()
+        index = cast(Callable[..., Coroutine[Any, Any, Any]], jobs.jobs_by_node)
+        assert asyncio.run(index(spec=pod["spec"], namespace="ns", body=pod)) == {"n1": ("ns", name)}
+    finally:
+        jobs.RUNTIME = None
 
 
 def test_dns_label_cuts_long_names_with_a_hash() -> None:
