@@ -28,12 +28,21 @@ MAX_ANSWER_BYTES = 64 * 1024
 MAX_TEXT = 2048
 MAX_INT = 2**63 - 1
 
-# The fields of GET /status the operator reads, and their types; everything else is dropped.
-STATUS_FIELDS: dict[str, type] = {"step": int, "completed": bool}
-CHECKPOINT_FIELDS: dict[str, type] = {"step": int, "time": str, "uri": str, "request_id": str}
+# The fields of GET /status the operator reads (TrainerStatus.from_json), and their types: a type, or a nested
+# object of its own fields. Everything else is dropped; a field of another type reads as absent (None).
+Schema = dict[str, "type | Schema"]
+STATUS_SCHEMA: Schema = {
+    "step": int,
+    "completed": bool,
+    "handled_request_id": str,
+    "last_checkpoint": {"step": int, "time": str, "uri": str, "request_id": str},
+    "checkpoint_request": {"id": str},
+}
 
 
-def _checked(value: Any, kind: type) -> Any:
+def _checked(value: Any, kind: type | Schema) -> Any:
+    if isinstance(kind, dict):
+        return _object(value, kind)
     if kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT
     elif kind is str:
@@ -43,17 +52,13 @@ def _checked(value: Any, kind: type) -> Any:
     return value if ok else None
 
 
+def _object(value: Any, schema: Schema) -> dict[str, Any] | None:
+    return {k: _checked(value.get(k), kind) for k, kind in schema.items()} if isinstance(value, Mapping) else None
+
+
 def sanitize_status(body: Any) -> dict[str, Any] | None:
     """The parts of a /status answer the operator uses, each of the right type; None for a non-object."""
-    if not isinstance(body, Mapping):
-        return None
-    clean: dict[str, Any] = {k: _checked(body.get(k), kind) for k, kind in STATUS_FIELDS.items()}
-    clean["completed"] = bool(clean["completed"])
-    last = body.get("last_checkpoint")
-    clean["last_checkpoint"] = (
-        {k: _checked(last.get(k), kind) for k, kind in CHECKPOINT_FIELDS.items()} if isinstance(last, Mapping)
-        else None)
-    return clean
+    return _object(body, STATUS_SCHEMA)
 
 
 def parse_status(raw: bytes) -> TrainerStatus | None:

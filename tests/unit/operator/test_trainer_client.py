@@ -26,9 +26,10 @@ json_values = st.recursive(
 )
 status_like = st.fixed_dictionaries(
     {},
-    optional={"step": json_values, "completed": json_values,
+    optional={"step": json_values, "completed": json_values, "handled_request_id": json_values,
               "last_checkpoint": json_values | st.fixed_dictionaries(
-                  {}, optional={k: json_values for k in ("step", "time", "uri", "request_id")})},
+                  {}, optional={k: json_values for k in ("step", "time", "uri", "request_id")}),
+              "checkpoint_request": json_values | st.fixed_dictionaries({}, optional={"id": json_values})},
 )
 
 
@@ -42,7 +43,8 @@ def test_any_json_gives_a_well_typed_status_or_none(body: Any) -> None:
     assert isinstance(status, TrainerStatus)
     assert status.step is None or (type(status.step) is int and status.step >= 0)
     assert status.checkpoint_step is None or type(status.checkpoint_step) is int
-    for text in (status.checkpoint_time, status.checkpoint_uri, status.checkpoint_request_id):
+    for text in (status.checkpoint_time, status.checkpoint_uri, status.checkpoint_request_id,
+                 status.pending_request_id, status.handled_request_id):
         assert text is None or isinstance(text, str)
     assert isinstance(status.completed, bool)
 
@@ -53,11 +55,20 @@ def test_garbage_and_deep_nesting_are_no_answer() -> None:
     assert parse_status(b'{"a": ' * 50_000 + b"1" + b"}" * 50_000) is None
 
 
+def test_what_the_core_reads_survives_the_schema() -> None:
+    body = {"step": 130, "completed": False, "handled_request_id": "r1", "checkpoint_request": {"id": "r2"},
+            "last_checkpoint": {"step": 120, "time": "2026-01-01T08:00:00Z", "uri": "s3://b/p", "request_id": "r1"}}
+    assert parse_status(json.dumps(body).encode()) == TrainerStatus.from_json(body)
+
+
 def test_wrong_types_are_dropped_field_by_field() -> None:
-    clean = sanitize_status({"step": "12", "completed": "yes", "last_checkpoint": {"step": True, "uri": "s3://b/k",
-                                                                                    "request_id": ["x"]}})
-    assert clean == {"step": None, "completed": False,
-                     "last_checkpoint": {"step": None, "time": None, "uri": "s3://b/k", "request_id": None}}
+    clean = sanitize_status({"step": "12", "completed": "yes",
+                             "last_checkpoint": {"step": True, "uri": "s3://b/k", "request_id": ["x"]},
+                             "checkpoint_request": {"id": "r2", "reason": "spot"}, "handled_request_id": 7,
+                             "extra": "x" * 1000})
+    assert clean == {"step": None, "completed": None, "handled_request_id": None,
+                     "last_checkpoint": {"step": None, "time": None, "uri": "s3://b/k", "request_id": None},
+                     "checkpoint_request": {"id": "r2"}}
     assert sanitize_status({"step": 2**70})["step"] is None  # type: ignore[index]
     assert sanitize_status({"last_checkpoint": {"uri": "x" * 100_000}})["last_checkpoint"]["uri"] is None  # type: ignore[index]
 
