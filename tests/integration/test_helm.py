@@ -6,7 +6,6 @@ and whose uninstall leaves nothing behind."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +15,6 @@ import pytest
 import yaml
 from kubernetes import client
 
-from spotrain_dev import testbin
 from spotrain_dev.cluster import DevCluster
 from spotrain_dev.nodes import capacity_type
 from spotrain_dev.testing import wait_for
@@ -35,34 +33,7 @@ PROVIDER = {"default": "auto", "eks": "aws", "gke": "gcp", "aks": "azure", "kind
 RELEASE = "spotrain"
 IMAGE_UID = 65532  # the Dockerfile's USER (tests/unit/test_packaging.py checks that side)
 
-Helm = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    """helm with its cache, config and data directories in a temporary directory, never under $HOME."""
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {
-        **os.environ,
-        "HELM_CACHE_HOME": str(home / "cache"),
-        "HELM_CONFIG_HOME": str(home / "config"),
-        "HELM_DATA_HOME": str(home / "data"),
-        "HELM_PLUGINS": str(home / "plugins"),
-        "HELM_REGISTRY_CONFIG": str(home / "registry.json"),
-        "HELM_REPOSITORY_CONFIG": str(home / "repositories.yaml"),
-        "HELM_REPOSITORY_CACHE": str(home / "repository-cache"),
-    }
-    env.pop("KUBECONFIG", None)
-
-    def run(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(testbin.path("helm")), *map(str, args)], capture_output=True, text=True, env=env, timeout=120
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"helm {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
-        return result
-
-    return run
+Helm = Callable[..., subprocess.CompletedProcess[str]]  # the `helm` fixture of tests/integration/conftest.py
 
 
 def values_args(preset: str) -> list[str | Path]:
@@ -175,7 +146,10 @@ def test_rendered_workloads_follow_the_values(helm: Helm, preset: str) -> None:
     assert agent_role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
     roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role") and o is not agent_role]
     rules = [rule for role in roles for rule in role["rules"]]
-    assert not any("secrets" in r["resources"] or "*" in r["resources"] or "*" in r["verbs"] for r in rules)
+    assert not any("*" in r["resources"] or "*" in r["verbs"] for r in rules)
+    # Secrets: at most create (the jobs' control tokens) and get by name; never list, watch or read them all.
+    for rule in (r for r in rules if "secrets" in r["resources"]):
+        assert set(rule["verbs"]) <= {"create"} or (rule.get("resourceNames") and set(rule["verbs"]) <= {"get"}), rule
     assert find(objects, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
     assert find(objects, "Service", "-metrics")["spec"]["ports"][0]["port"] == 8080
     assert not [o for o in objects if o["kind"] == "ServiceMonitor"]
@@ -193,6 +167,58 @@ def test_service_monitor_scrapes_the_metrics_service(helm: Helm) -> None:
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     # The selector picks the metrics Service, not the pods' other Services: it carries the component label.
     assert monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+
+
+def test_monitors_take_namespace_labels_and_relabelings(helm: Helm) -> None:
+    relabel = '{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance"}'
+    objects = render(helm, "spotrain-system", "--set", "metrics.serviceMonitor.enabled=true",
+                     "--set", "metrics.serviceMonitor.namespace=monitoring",
+                     "--set-json", f"metrics.serviceMonitor.relabelings=[{relabel}]",
+                     "--set-json", 'metrics.serviceMonitor.metricRelabelings=[{"action": "drop", "regex": "x"}]',
+                     "--set", "agent.healthPort=9808", "--set", "metrics.podMonitors.agent.enabled=true",
+                     "--set", "metrics.podMonitors.workers.enabled=true",
+                     "--set", "metrics.podMonitors.workers.labels.release=prometheus")
+    monitor = find(objects, "ServiceMonitor")
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert monitor["metadata"]["namespace"] == "monitoring"
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["spotrain-system"]}  # where the Service is
+    assert endpoint["honorLabels"] is True  # per-job namespace/job labels survive the scrape
+    assert endpoint["relabelings"] == [yaml.safe_load(relabel)]
+    assert endpoint["metricRelabelings"] == [{"action": "drop", "regex": "x"}]
+
+    agent_monitor = find(objects, "PodMonitor", "-agent")
+    agent_ds = find(objects, "DaemonSet")
+    assert agent_monitor["spec"]["selector"]["matchLabels"].items() <= agent_ds["spec"]["template"]["metadata"][
+        "labels"].items()
+    assert agent_monitor["spec"]["podMetricsEndpoints"][0]["port"] == _container(agent_ds)["ports"][0]["name"]
+    workers = find(objects, "PodMonitor", "-workers")
+    assert workers["metadata"]["labels"]["release"] == "prometheus"
+    assert workers["spec"]["namespaceSelector"] == {"any": True}
+    assert workers["spec"]["selector"]["matchLabels"] == {wk.ROLE_LABEL: "worker"}
+    endpoint = workers["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["port"] == "spotrain-ctl" and endpoint["honorLabels"] is True
+    scoped = render(helm, "spotrain-system", "--set", "watchNamespace=team-a",
+                    "--set", "metrics.podMonitors.workers.enabled=true")
+    assert find(scoped, "PodMonitor", "-workers")["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+
+    result = helm("template", RELEASE, CHART, "--set", "metrics.podMonitors.agent.enabled=true", check=False)
+    assert result.returncode != 0 and "needs agent.healthPort" in result.stderr
+
+
+def test_prometheus_rule_and_grafana_dashboard(helm: Helm) -> None:
+    objects = render(helm, "spotrain-system", "--set", "metrics.prometheusRule.enabled=true",
+                     "--set", "metrics.prometheusRule.labels.release=prometheus",
+                     "--set", "metrics.grafanaDashboard.enabled=true",
+                     "--set", "metrics.grafanaDashboard.annotations.grafana_folder=ML")
+    rule = find(objects, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert {g["name"] for g in rule["spec"]["groups"]} == {"spotrain.jobs", "spotrain.capacity", "spotrain.components"}
+    dashboard = find(objects, "ConfigMap", "-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["annotations"] == {"grafana_folder": "ML"}
+    board = json.loads(dashboard["data"]["spotrain.json"])
+    assert board == json.loads((CHART / "files" / "dashboards" / "spotrain.json").read_text())
+    assert not [o for o in render(helm, "spotrain-system") if o["kind"] in ("PrometheusRule", "PodMonitor")]
 
 
 def test_agent_health_port_adds_a_liveness_probe_only(helm: Helm) -> None:
@@ -222,6 +248,8 @@ VARIANTS: dict[str, list[str]] = {
     "one-replica-no-leader-election": [
         "--set", "operator.replicas=1", "--set", "operator.leaderElection.enabled=false"
     ],
+    # core objects only: the monitoring.coreos.com kinds need prometheus-operator's CRDs, absent here
+    "grafana-dashboard": ["--set", "metrics.grafanaDashboard.enabled=true"],
 }
 DRY_RUN = [*VALUES, "watch-namespace", *VARIANTS]
 
@@ -248,6 +276,16 @@ def test_every_rendered_object_passes_server_side_dry_run(
     assert sorted((i["kind"], i["metadata"]["name"]) for i in items) == sorted(
         (o["kind"], o["metadata"]["name"]) for o in objects
     )
+
+
+def test_kind_quickstart_job_passes_the_crd_validation(devcluster: DevCluster, namespace: str) -> None:
+    """dev/kind/quickstart-kind.yaml cannot run here (no Docker); the API server validates it (schema and CEL)."""
+    job = yaml.safe_load((REPO / "dev" / "kind" / "quickstart-kind.yaml").read_text())
+    job["metadata"]["namespace"] = namespace
+    result = devcluster.kubectl_run("apply", "--dry-run=server", "--validate=strict", "-o", "json", "-f", "-",
+                                    input=json.dumps(job))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["spec"]["elastic"]["maxNodes"] == job["spec"]["elastic"]["maxNodes"]
 
 
 def test_operator_pods_meet_the_restricted_pod_security_standard(
