@@ -206,31 +206,31 @@ class _Reconcile:
 
     # -- the steps ------------------------------------------------------------------------------------------
 
-    def step(self, run: Callable[[], object]) -> None:
+    def step(self, name: str, run: Callable[[], object]) -> None:
         """Runs one step; an exception (a spec value no check foresaw, a corner of the world nobody expected) is
         reported on the job and the other steps still run: a bug in scaling must never stop a drain."""
         try:
             run()
         except Exception as e:  # reported on the job (report_errors), never swallowed
-            self.errors.append(f"{getattr(run, '__name__', 'step')}: {type(e).__name__}: {e}")
+            self.errors.append(f"{name}: {type(e).__name__}: {e}")
 
     def run(self) -> Decision:
         done = next((w for w in self.workers() if w.completed), None)
         if self.phase in TERMINAL:
-            self.step(self.finish_cleanup)
+            self.step("cleanup", self.finish_cleanup)
         elif done is not None:
-            self.step(lambda: self.succeed(done))
+            self.step("succeed", lambda: self.succeed(done))
         elif self.spec.suspend:
-            self.step(self.suspend)
+            self.step("suspend", self.suspend)
         else:
-            self.step(self.collect_orphans)
-            self.step(self.account_lost_workers)
+            self.step("orphans", self.collect_orphans)
+            self.step("accounting", self.account_lost_workers)
             if not self.over_budget():
                 # Drains first: whatever fails further on, a notice still gets its checkpoint and its eviction.
-                self.step(self.drain)
-                self.step(self.ensure_rendezvous)
-                self.step(self.scale)
-                self.step(self.update_phase)
+                self.step("drain", self.drain)
+                self.step("rendezvous", self.ensure_rendezvous)
+                self.step("scale", self.scale)
+                self.step("phase", self.update_phase)
         self.report_errors()
         return Decision(self.actions, self.status())
 
@@ -425,6 +425,9 @@ class _Reconcile:
         return drain if node is None or drain.concerns(node) else None
 
     def drain(self) -> None:
+        for node_name, d in list(self.drains.items()):
+            if (node := self.o.nodes.get(node_name)) is not None and not d.concerns(node):
+                del self.drains[node_name]  # a new node reuses the name: the old node's drain is over
         live = self.live_workers()
         store = self.current_store()
         watched: dict[str, PodView] = {w.node: w for w in live if w.node}
@@ -438,7 +441,8 @@ class _Reconcile:
             notice = self.notice_for(pod, node)
             if notice is None and store is not None and store.node == node_name:
                 why = self._store_move_reason(store)
-                notice = why and TerminationNotice(node_name, "rendezvous", why, self.now + STORE_MOVE_DEADLINE)
+                if why:
+                    notice = TerminationNotice(node_name, "rendezvous", why, self.now + STORE_MOVE_DEADLINE)
             if notice:  # late ones too: a deadline already past still gets a checkpoint request and a graceful stop
                 fresh.append((notice, node))
         if fresh:
@@ -517,11 +521,8 @@ class _Reconcile:
     def _forget_finished_drains(self) -> None:
         """A drain ends when none of the job's pods is left on its node (or the node, or its name's owner, is gone);
         the node is then marked drained, which acknowledges an Azure Scheduled Event."""
-        for node_name, d in list(self.drains.items()):
+        for node_name in list(self.drains):
             node = self.o.nodes.get(node_name)
-            if node is not None and not d.concerns(node):
-                del self.drains[node_name]  # a new node reuses the name: the old drain is over
-                continue
             left = [p for p in self.o.pods if p.node == node_name and (p.active or p.deleting)]
             if node is None:
                 del self.drains[node_name]
