@@ -54,7 +54,8 @@ def worlds(draw: st.DrawFn) -> Observed:
 
 def live_after(o: Observed, d: Decision) -> list[Any]:
     removed = {a.name for a in d.actions if isinstance(a, act.DeletePod | act.EvictPod)}
-    kept = [p for p in o.pods if p.role == "worker" and p.active and p.name not in removed and p.round == o.status.round]
+    kept = [p for p in o.pods
+            if p.role == "worker" and p.active and p.name not in removed and p.round == o.status.round]
     return kept + [a.manifest for a in d.actions if isinstance(a, act.CreatePod)
                    and a.manifest["metadata"]["labels"][wk.ROLE_LABEL] == "worker"]
 
