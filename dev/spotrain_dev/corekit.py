@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ def store(node_name: str = "od-a", round_: int = 1) -> PodView:
 
 
 def observe(spec_: Any, pods: list[PodView], nodes: list[NodeView], status: JobStatus | None = None,
-            now: datetime.datetime = NOW, trainers: dict[str, TrainerStatus | None] | None = None) -> Observed:
+            now: datetime.datetime = NOW, trainers: Mapping[str, TrainerStatus | None] | None = None) -> Observed:
     return Observed(JOB, 1, spec_, status or JobStatus(round=1, serial=10), pods, {n.name: n for n in nodes}, now,
                     trainers or {})
 
