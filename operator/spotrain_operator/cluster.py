@@ -111,11 +111,14 @@ class Cluster:
         except ApiException as e:
             if e.status == 404:
                 return
-            if e.status == 429:
-                # A PodDisruptionBudget blocks the eviction, but the node goes anyway at the deadline: a
-                # graceful delete still gives the trainer its SIGTERM checkpoint.
-                log.warning("eviction of %s/%s blocked by a PodDisruptionBudget; deleting it", namespace, name)
-                self.delete_pod(namespace, name, grace_seconds)
+            if e.status in (429, 500):
+                # A PodDisruptionBudget blocks the eviction (429), or the pod has several and the Eviction API
+                # refuses to choose (500, "more than one PodDisruptionBudget": pkg/registry/core/pod/storage/
+                # eviction.go); the node goes anyway at the deadline, and a graceful delete still gives the trainer
+                # its SIGTERM checkpoint.
+                log.warning("eviction of %s/%s refused (%s %s); deleting it gracefully", namespace, name, e.status,
+                            e.reason)
+                self.delete_pod(namespace, name, grace_seconds, "interruption notice: eviction refused")
                 return
             raise
 

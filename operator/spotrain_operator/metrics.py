@@ -22,6 +22,7 @@ RECONCILE_SECONDS = Histogram(
     "spotrain_reconcile_duration_seconds", "Time of one reconcile of a job",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+RECONCILES = Counter("spotrain_reconciles_total", "Reconcile passes by result (ok, invalid, failed)", ["result"])
 RESCALES = Counter("spotrain_rescales_total", "Scale changes (workers created or removed in one decision)",
                    ["namespace", "job"])
 FALLBACKS = Counter("spotrain_fallbacks_total", "Workers placed on the on-demand fallback pool", ["namespace", "job"])

@@ -58,6 +58,8 @@ class Runtime:
     resync_seconds: float = 10.0
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     last_trainer_poll: dict[tuple[str, str], float] = field(default_factory=dict)
+    # What the API refused in a job's last pass, for the next pass to report on the job.
+    refused: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     # The last view of each node, to tell a change that matters to placement from a status heartbeat.
     node_views: dict[str, NodeView] = field(default_factory=dict)
 
@@ -143,8 +145,12 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
             try:
                 draining = await reconcile(rt, namespace, name, nodes_by_name)
                 failures = 0
+                rt.refused.pop(key, None)
             except Exception as e:  # any failure: logged, reported on the job where possible, retried with backoff
                 failures += 1
+                metrics.RECONCILES.labels("failed").inc()
+                if isinstance(e, ApplyFailed):
+                    rt.refused[key] = e.refused
                 draining = getattr(e, "draining", draining)
                 log.warning("reconcile failed (attempt %d): %s", failures, e, extra={"job": f"{namespace}/{name}"},
                             exc_info=failures == 1)
@@ -159,6 +165,7 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
     finally:
         rt.wakeups.pop(key, None)
         rt.last_trainer_poll.pop(key, None)
+        rt.refused.pop(key, None)
         metrics.forget_job(namespace, name)
 
 
@@ -169,8 +176,9 @@ def _nodes(index: kopf.Index[str, NodeView]) -> dict[str, NodeView]:
 class ApplyFailed(Exception):
     """Some actions of a decision were refused; the others were applied. Carries whether a drain is in flight."""
 
-    def __init__(self, message: str, draining: bool):
-        super().__init__(message)
+    def __init__(self, refused: list[str], draining: bool):
+        super().__init__("; ".join(refused))
+        self.refused = tuple(refused)
         self.draining = draining
 
 
@@ -204,16 +212,19 @@ async def _reconcile_once(rt: Runtime, namespace: str, name: str, nodes_index: k
         spec = parse_spec(job["spec"], pricing)
     except (SpecError, KeyError, ValueError, TypeError, OverflowError) as e:
         await _report_invalid(rt, job, str(e) if isinstance(e, SpecError) else f"{type(e).__name__}: {e}")
+        metrics.RECONCILES.labels("invalid").inc()
         return False
     pods = [PodView.from_body(p) for p in await asyncio.to_thread(rt.cluster.list_job_pods, namespace, name)]
     now = datetime.datetime.now(datetime.UTC)
     trainers = await _probe_trainers(rt, (namespace, name), status, pods, ref.control_token)
     nodes = await _nodes_of(rt, nodes_index, pods)
-    observed = Observed(ref, int(meta.get("generation", 0)), spec, status, pods, nodes, now, trainers)
+    observed = Observed(ref, int(meta.get("generation", 0)), spec, status, pods, nodes, now, trainers,
+                        refused=rt.refused.get((namespace, name), ()))
     decision = decide(observed)
     _log_decision(namespace, name, decision)
     await apply(rt, job, decision, observed, started)
     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+    metrics.RECONCILES.labels("ok").inc()
     _export(observed, decision.status)
     return decision.draining
 
@@ -330,7 +341,7 @@ async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: 
     if created or removed:
         metrics.RESCALES.labels(namespace, name).inc()
     if refused:
-        raise ApplyFailed("; ".join(refused), decision.draining)
+        raise ApplyFailed(refused, decision.draining)
 
 
 async def _mark_drained(cluster: Cluster, node: str) -> None:

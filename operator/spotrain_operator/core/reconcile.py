@@ -95,6 +95,8 @@ class Observed:
     # all pods on it); a node absent from node_room counts as free when no worker of this job is on it.
     node_pools: Mapping[str, placement.NodePoolView] = field(default_factory=dict)
     node_room: Mapping[str, placement.NodeRoom] = field(default_factory=dict)
+    # Actions of the previous pass that the API refused (a 422, a quota, a webhook): reported on the job.
+    refused: tuple[str, ...] = ()
 
 
 @dataclass
@@ -236,8 +238,9 @@ class _Reconcile:
 
     def report_errors(self) -> None:
         previous = next((c for c in self.o.status.conditions if c.get("type") == "ReconcileError"), None)
-        if self.errors:
-            message = "; ".join(self.errors)[:1024]
+        errors = [*self.errors, *(f"refused by the API: {r}" for r in self.o.refused)]
+        if errors:
+            message = "; ".join(errors)[:1024]
             self.condition("ReconcileError", True, "StepFailed", message)
             # One event per distinct error, not one per pass: a job stuck on bad input must not flood the API.
             if previous is None or previous.get("status") != "True" or previous.get("message") != message:
