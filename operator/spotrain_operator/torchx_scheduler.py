@@ -274,9 +274,10 @@ class SpotrainJobRequest:
 class SpotrainScheduler(Scheduler[SpotrainOpts]):
     """TorchX scheduler for SpotTrainingJobs; app ids are ``NAMESPACE:NAME``."""
 
-    def __init__(self, session_name: str, client: Any | None = None) -> None:
+    def __init__(self, session_name: str, client: Any | None = None, namespace: str | None = None) -> None:
         super().__init__(BACKEND, session_name)
         self._client = client
+        self._namespace = namespace  # for list() and as the default of submissions; else the kubeconfig's
 
     def _api_client(self) -> Any:
         if self._client is None:
@@ -311,6 +312,8 @@ class SpotrainScheduler(Scheduler[SpotrainOpts]):
     def _default_namespace(self) -> str:
         from kubernetes import config
 
+        if self._namespace:
+            return self._namespace
         try:
             _, active = config.list_kube_config_contexts()
             return str(active.get("context", {}).get("namespace") or "default")
@@ -400,5 +403,6 @@ def _incluster_client() -> Any:
     return client.ApiClient(configuration)
 
 
-def create_scheduler(session_name: str, client: Any | None = None, **kwargs: Any) -> SpotrainScheduler:
-    return SpotrainScheduler(session_name, client)
+def create_scheduler(session_name: str, client: Any | None = None, namespace: str | None = None,
+                     **kwargs: Any) -> SpotrainScheduler:
+    return SpotrainScheduler(session_name, client, namespace)
