@@ -23,6 +23,9 @@ from spotrain_operator.core.reconcile import TrainerStatus
 
 log = logging.getLogger("spotrain.trainer_client")
 TIMEOUT = aiohttp.ClientTimeout(total=2.0, connect=1.0)
+# Under the control server's idle timeout (spotrain_trainer.server.SOCKET_TIMEOUT, 10 s): the client lets an idle
+# connection go first, so it never reuses one the server is closing.
+KEEPALIVE_SECONDS = 5.0
 # A real /status is about 2 KiB.
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_TEXT = 2048
@@ -82,7 +85,8 @@ class TrainerClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+            self._session = aiohttp.ClientSession(
+                timeout=TIMEOUT, connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECONDS))
         return self._session
 
     async def close(self) -> None:

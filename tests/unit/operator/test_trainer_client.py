@@ -160,3 +160,10 @@ def test_tokens_are_per_job_and_per_key() -> None:
 def test_a_key_file_is_read_stripped(tmp_path: Path) -> None:
     (tmp_path / "key").write_text("0123456789abcdef0123456789abcdef\n")
     assert ControlKey.from_file(tmp_path / "key").key == b"0123456789abcdef0123456789abcdef"
+
+
+def test_the_client_drops_idle_connections_before_the_server_does() -> None:
+    from spotrain_operator import trainer_client
+    from spotrain_trainer import server
+
+    assert trainer_client.KEEPALIVE_SECONDS < server.SOCKET_TIMEOUT
