@@ -222,11 +222,17 @@ class FakeTrainerEndpoints:
                 self.end_headers()
 
             def do_GET(self) -> None:
-                received, last = self.received(), None
+                # As the real control server answers: the request it holds until the checkpoint is durable, then
+                # the checkpoint that answered it (spotrain_trainer.server.ControlState.status).
+                received, last, pending, handled = self.received(), None, None, None
                 if received and time.monotonic() - received[-1]["at"] >= fake.delay:
+                    handled = received[-1]["id"]
                     last = {"step": 100, "uri": "s3://fake/step-100", "time": "2026-01-01T00:00:00Z",
-                            "request_id": received[-1]["id"]}
-                payload = json.dumps({"step": 100, "last_checkpoint": last, "completed": False}).encode()
+                            "request_id": handled}
+                elif received:
+                    pending = {"id": received[-1]["id"], "reason": received[-1].get("reason")}
+                payload = json.dumps({"step": 100, "last_checkpoint": last, "completed": False,
+                                      "checkpoint_request": pending, "handled_request_id": handled}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()

@@ -155,9 +155,7 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
                 log.warning("reconcile failed (attempt %d): %s", failures, e, extra={"job": f"{namespace}/{name}"},
                             exc_info=failures == 1)
             if failures:
-                cap = DRAIN_BACKOFF_CAP_SECONDS if draining else BACKOFF_CAP_SECONDS
-                delay = min(cap, BACKOFF_BASE_SECONDS * 2 ** min(failures - 1, 16)) * random.uniform(0.5, 1.0)
-                await stopped.wait(delay)
+                await stopped.wait(backoff_seconds(failures, draining, random.uniform(0.5, 1.0)))
                 continue
             # A drain waits on the workers' checkpoint, which no Kubernetes event announces: poll it closely.
             with contextlib.suppress(TimeoutError):
@@ -171,6 +169,14 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
 
 def _nodes(index: kopf.Index[str, NodeView]) -> dict[str, NodeView]:
     return {name: next(iter(views)) for name, views in index.items() if views}
+
+
+def backoff_seconds(failures: int, draining: bool, jitter: float) -> float:
+    """How long a job whose reconcile failed ``failures`` times in a row waits before the next try: doubling from
+    BACKOFF_BASE_SECONDS, capped, times ``jitter`` (0.5..1, so that jobs failing together spread out). Hand-written
+    rather than taken from a retry library: the wait must also end early when the daemon is stopped."""
+    cap = DRAIN_BACKOFF_CAP_SECONDS if draining else BACKOFF_CAP_SECONDS
+    return min(cap, BACKOFF_BASE_SECONDS * 2 ** min(failures - 1, 16)) * jitter
 
 
 class ApplyFailed(Exception):
