@@ -1,6 +1,7 @@
 """AWS queue mode against moto's SQS server on 127.0.0.1: EventBridge-shaped messages for a devcluster Node's
 instance mark that Node; unknown instances and malformed messages are deleted and counted; a failed Node patch
-leaves the message queued for redelivery."""
+leaves the message queued for redelivery, and one that keeps failing is deleted after a bounded number of
+deliveries; a malformed message never holds up the rest of its batch."""
 
 from __future__ import annotations
 
@@ -23,7 +24,14 @@ from spotrain_dev.cluster import DevCluster
 from spotrain_dev.nodes import NodeSimulator
 from spotrain_operator.agent.node_marker import NodeMarker
 from spotrain_operator.awsqueue import AwsQueueConsumer, PollResult, start_queue_consumer
-from spotrain_operator.wellknown import AGENT_DEADLINE_ANNOTATION, AGENT_EVENT_ANNOTATION, AGENT_INTERRUPTION_TAINT
+from spotrain_operator.core.model import NodeView
+from spotrain_operator.core.termination import node_notice
+from spotrain_operator.wellknown import (
+    AGENT_DEADLINE_ANNOTATION,
+    AGENT_EVENT_ANNOTATION,
+    AGENT_INTERRUPTION_TAINT,
+    QUEUE_EVENT_ANNOTATION,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -114,6 +122,8 @@ def poll_until(c: AwsQueueConsumer, count: int, timeout: float = 60.0) -> PollRe
         total.ignored += r.ignored
         total.malformed += r.malformed
         total.failed += r.failed
+        total.errors += r.errors
+        total.poison += r.poison
         total.deleted += r.deleted
     return total
 
@@ -252,3 +262,44 @@ def test_a_node_deleted_since_it_was_cached_counts_as_unknown(devcluster: DevClu
     assert result.unknown == [instance] and result.deleted == 1 and result.failed == []
     assert queue_is_empty(moto_url, queue)
 
+
+
+def test_every_mark_of_the_queue_is_source_aws_queue(core: client.CoreV1Api, moto_url: str, queue: str,
+                                                      node: str) -> None:
+    event_id, body = event("EC2 Spot Instance Interruption Warning",
+                           {"instance-id": instance_of(core, node), "instance-action": "terminate"},
+                           when=datetime.datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    send(moto_url, queue, body)
+    assert poll_until(consumer(core, moto_url, queue), 1).marked == [(node, "aws-spot-itn")]
+    stored = core.api_client.sanitize_for_serialization(core.read_node(node))
+    assert stored["metadata"]["annotations"][QUEUE_EVENT_ANNOTATION] == event_id
+    view, now = NodeView.from_body(stored), datetime.datetime.now(UTC)
+    notice = node_notice(view, now, {"awsQueue", "agent"}, False)
+    assert notice is not None and notice.source == "awsQueue"
+    assert node_notice(view, now, {"agent"}, False) is None  # spec.termination.sources.awsQueue: false
+
+
+def test_a_malformed_message_does_not_hold_up_its_batch(core: client.CoreV1Api, moto_url: str, queue: str,
+                                                        node: str) -> None:
+    _, far = event("EC2 Spot Instance Interruption Warning",
+                   {"instance-id": instance_of(core, node), "instance-action": "stop"}, when="9999-12-31T23:59:59Z")
+    _, good = event("EC2 Spot Instance Interruption Warning",
+                    {"instance-id": instance_of(core, node), "instance-action": "terminate"})
+    send(moto_url, queue, far, "[" * 100_000, good)
+    result = poll_until(consumer(core, moto_url, queue), 3)
+    assert result.malformed == 2 and result.marked == [(node, "aws-spot-itn")] and result.deleted == 3
+    assert queue_is_empty(moto_url, queue)
+
+
+def test_a_message_that_keeps_failing_is_deleted_after_max_receives(core: client.CoreV1Api, moto_url: str,
+                                                                      queue: str, node: str) -> None:
+    _, body = event("EC2 Spot Instance Interruption Warning",
+                    {"instance-id": instance_of(core, node), "instance-action": "stop"})
+    send(moto_url, queue, body)
+    dead = client.CoreV1Api(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{processes.free_port()}")))
+    broken = consumer(core, moto_url, queue, marker=NodeMarker(dead, request_timeout=2),
+                      retry_visibility_timeout=0, max_receives=3)
+    result = poll_until(broken, 3)
+    assert len(result.failed) == 2 and len(result.poison) == 1 and result.deleted == 1
+    assert queue_is_empty(moto_url, queue)
+    assert mark(core, node) == (None, None, None, None)
