@@ -87,7 +87,7 @@ if phase == "Running" or phase == "Rescaling" then
     end
     local checkpointing = condition("Checkpointing")
     if checkpointing ~= nil and checkpointing.status == "True" then
-      hs.message = hs.message .. "; " .. checkpointing.message
+      hs.message = hs.message .. "; " .. message_of("Checkpointing", "checkpointing before nodes are reclaimed")
     end
     return hs
   end
