@@ -13,6 +13,7 @@ from .constants import EXIT_CHECKPOINTED_ON_NOTICE, EXIT_COMPLETED, EXIT_NOTICE_
 if TYPE_CHECKING:
     from .checkpoint.commit import CheckpointError
     from .config import TrainerConfig
+    from .data import ElasticDistributedSampler
     from .session import CheckpointedOnNotice, NoticeCheckpointFailed, Session
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "EXIT_NOTICE_CHECKPOINT_FAILED",
     "CheckpointError",
     "CheckpointedOnNotice",
+    "ElasticDistributedSampler",
     "NoticeCheckpointFailed",
     "Session",
     "TrainerConfig",
@@ -31,6 +33,7 @@ _LAZY = {
     "CheckpointedOnNotice": "session",
     "NoticeCheckpointFailed": "session",
     "CheckpointError": "checkpoint.commit",
+    "ElasticDistributedSampler": "data",
     "TrainerConfig": "config",
 }
 

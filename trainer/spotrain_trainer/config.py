@@ -7,7 +7,10 @@ environment variable at fault.
 from __future__ import annotations
 
 import os
+import re
 import socket
+import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +78,13 @@ def env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean (1/0, true/false)")
 
 
+def default_job_name(script: str | None = None) -> str:
+    """The job name when SPOTRAIN_JOB_NAME is unset (a local run): ``local-<script name>``, so that two scripts run
+    locally do not share the default checkpoint path (and restore each other's state)."""
+    stem = re.sub(r"[^a-z0-9]+", "-", Path(script if script is not None else sys.argv[0]).stem.lower()).strip("-")
+    return f"local-{stem}" if stem else "local"
+
+
 def normalize_checkpoint_uri(uri: str) -> str:
     """``file:///x`` -> ``/x``; ``s3://b/p/`` -> ``s3://b/p``; a plain path is made absolute."""
     if uri.startswith("s3://"):
@@ -132,6 +142,9 @@ class TrainerConfig:
     state_dir: Path
     staging_dir: Path
     termination_log: Path
+    #: False when SPOTRAIN_STAGING_DIR is unset and staging falls back to the temporary directory, which in a
+    #: container is its writable layer: small, and counted against the pod's ephemeral storage.
+    staging_dir_set: bool = True
     s3: S3Settings = field(default_factory=S3Settings)
     async_checkpoints: bool = True
     writer_threads: int = 1
@@ -139,9 +152,11 @@ class TrainerConfig:
     status_interval_seconds: float = 1.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> TrainerConfig:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, script: str | None = None) -> TrainerConfig:
+        """Settings from ``env`` (default: the process environment); ``script`` (default: ``sys.argv[0]``) names
+        the job when SPOTRAIN_JOB_NAME is unset."""
         e: Mapping[str, str] = os.environ if env is None else env
-        job = env_str(e, "SPOTRAIN_JOB_NAME", "local")
+        job = env_str(e, "SPOTRAIN_JOB_NAME", default_job_name(script))
         pod = env_str(e, "POD_NAME", socket.gethostname())
         uri = normalize_checkpoint_uri(env_str(e, "SPOTRAIN_CHECKPOINT_URI", f"/tmp/spotrain-checkpoints/{job}"))
 
@@ -180,7 +195,8 @@ class TrainerConfig:
         )
         if s3.retry_mode not in ("adaptive", "standard", "legacy"):
             raise ConfigError(f"SPOTRAIN_S3_RETRY_MODE={s3.retry_mode!r}: use adaptive or standard")
-        staging_default = f"{C.DEFAULT_STAGING_ROOT}/{pod}"
+        # The operator mounts an emptyDir for staging and names it in SPOTRAIN_STAGING_DIR.
+        staging_default = str(Path(tempfile.gettempdir()) / C.STAGING_DIR_NAME / pod)
         return cls(
             job_name=job,
             namespace=env_str(e, "SPOTRAIN_NAMESPACE", "default"),
@@ -192,6 +208,7 @@ class TrainerConfig:
             state_dir=Path(env_str(e, "SPOTRAIN_STATE_DIR", C.DEFAULT_STATE_DIR)),
             staging_dir=Path(env_str(e, "SPOTRAIN_STAGING_DIR", staging_default)),
             termination_log=Path(env_str(e, "SPOTRAIN_TERMINATION_LOG", C.DEFAULT_TERMINATION_LOG)),
+            staging_dir_set=_get(e, "SPOTRAIN_STAGING_DIR") is not None,
             s3=s3,
             async_checkpoints=env_bool(e, "SPOTRAIN_CHECKPOINT_ASYNC", True),
             writer_threads=env_int(e, "SPOTRAIN_CHECKPOINT_WRITER_THREADS", 1, minimum=1),

@@ -19,7 +19,8 @@ EXIT_COMPLETED = 0
 
 DEFAULT_CONTROL_PORT = 8470
 DEFAULT_STATE_DIR = "/tmp/spotrain-state"
-DEFAULT_STAGING_ROOT = "/tmp/spotrain-staging"
+#: Under the temporary directory when SPOTRAIN_STAGING_DIR is unset.
+STAGING_DIR_NAME = "spotrain-staging"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 DEFAULT_MAX_RESTARTS = 1_000_000
 DEFAULT_KEEP_LAST = 3

@@ -16,12 +16,14 @@ from __future__ import annotations
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .config import ConfigError, env_float, env_int, env_str
+from .config import ConfigError, default_job_name, env_float, env_int, env_str
 from .constants import DEFAULT_CONTROL_PORT, DEFAULT_MAX_RESTARTS, DEFAULT_STATE_DIR
 
 PR_SET_PDEATHSIG = 1
@@ -55,7 +57,7 @@ def build_launch(
         raise ConfigError("no training script given")
     py = python or sys.executable
     endpoint = _parse_endpoint(env_str(env, "SPOTRAIN_RDZV_ENDPOINT", required=True))
-    job = env_str(env, "SPOTRAIN_JOB_NAME", "local")
+    job = env_str(env, "SPOTRAIN_JOB_NAME", default_job_name(script[0].replace(".", "/") if module else script[0]))
     rdzv_id = env_str(env, "SPOTRAIN_RDZV_ID", job)
     min_nodes = env_int(env, "SPOTRAIN_MIN_NODES", 1, minimum=1)
     max_nodes = env_int(env, "SPOTRAIN_MAX_NODES", min_nodes, minimum=1)
@@ -138,6 +140,116 @@ def start_control_server(plan: LaunchPlan) -> subprocess.Popen[bytes] | None:
 
 USAGE = "usage: spotrain-launch [--print] [--no-control-server] [-m] [--] script.py [args...]"
 
+#: (name, default, meaning) of every environment variable the launcher, the control server and the session read.
+#: In a pod the operator sets them; for a local run see docs/trainer.md.
+ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
+    (
+        "SPOTRAIN_RDZV_ENDPOINT",
+        "required",
+        "host:port of the job's c10d rendezvous store (python -m "
+        "spotrain_trainer.rendezvous); launching waits for it up to SPOTRAIN_RDZV_WAIT_SECONDS",
+    ),
+    ("SPOTRAIN_RDZV_WAIT_SECONDS", "300", "how long to wait for the store to answer before giving up"),
+    ("SPOTRAIN_RDZV_ID", "$SPOTRAIN_JOB_NAME", "rendezvous id (one per job generation)"),
+    ("SPOTRAIN_RDZV_CONF_EXTRA", "", "extra torchrun --rdzv-conf entries, key=value,..."),
+    ("SPOTRAIN_JOB_NAME", "local-<script name>", "the job; names the default checkpoint path"),
+    ("SPOTRAIN_MIN_NODES / SPOTRAIN_MAX_NODES", "1 / min", "torchrun --nnodes=MIN:MAX"),
+    ("SPOTRAIN_NPROC_PER_NODE", "1", "ranks per node (one per GPU)"),
+    ("SPOTRAIN_MAX_RESTARTS", str(DEFAULT_MAX_RESTARTS), "torchrun --max-restarts"),
+    ("SPOTRAIN_SHUTDOWN_TIMEOUT", "30", "torchrun --shutdown-timeout: SIGTERM to SIGKILL of the workers"),
+    ("SPOTRAIN_MONITOR_INTERVAL", "0.1", "torchrun --monitor-interval"),
+    ("POD_IP / POD_NAME", "- / hostname", "torchrun --local-addr; this pod's name in status and markers"),
+    ("SPOTRAIN_CHECKPOINT_URI", "/tmp/spotrain-checkpoints/$SPOTRAIN_JOB_NAME", "s3://bucket/prefix or a path"),
+    ("SPOTRAIN_CHECKPOINT_INTERVAL", "auto", "seconds between regular checkpoints, or auto (Young/Daly)"),
+    ("SPOTRAIN_CHECKPOINT_MIN_INTERVAL / _MAX_INTERVAL", "60 / 3600", "bounds of the auto interval"),
+    ("SPOTRAIN_CHECKPOINT_EVERY_STEPS", "", "checkpoint every N steps instead of by time"),
+    ("SPOTRAIN_MTBF_SECONDS", "3600", "expected time between preemptions (auto interval)"),
+    ("SPOTRAIN_CHECKPOINT_ASYNC", "1", "regular checkpoints with dcp.async_save"),
+    ("SPOTRAIN_CHECKPOINT_WRITER_THREADS", "1", "DCP writer threads per rank"),
+    ("SPOTRAIN_KEEP_LAST", "3", "committed checkpoints kept"),
+    ("SPOTRAIN_STAGING_DIR", "$TMPDIR/spotrain-staging/$POD_NAME", "node-local staging for S3 (mount a volume)"),
+    ("SPOTRAIN_S3_ENDPOINT_URL / SPOTRAIN_S3_REGION", "", "S3-compatible endpoint and region (AWS_* credentials)"),
+    (
+        "SPOTRAIN_S3_*",
+        "",
+        "RETRY_MODE, MAX_ATTEMPTS, OP_RETRIES, BACKOFF_BASE, BACKOFF_MAX, MULTIPART_THRESHOLD, "
+        "MULTIPART_CHUNKSIZE, MAX_CONCURRENCY",
+    ),
+    ("SPOTRAIN_STATE_DIR", DEFAULT_STATE_DIR, "per-pod directory shared by the workers and the control server"),
+    ("SPOTRAIN_CONTROL_PORT / SPOTRAIN_CONTROL_BIND", f"{DEFAULT_CONTROL_PORT} / 0.0.0.0", "control endpoint"),
+    ("SPOTRAIN_CONTROL_TOKEN / SPOTRAIN_CONTROL_TOKEN_FILE", "", "bearer token of the control endpoint"),
+    ("SPOTRAIN_CONTROL_SERVER", "1", "0: do not start the control server"),
+    ("SPOTRAIN_TERMINATION_LOG", "/dev/termination-log", "where the final message goes"),
+    ("SPOTRAIN_PG_TIMEOUT_SECONDS", "600", "process group timeout"),
+    ("SPOTRAIN_STATUS_INTERVAL_SECONDS", "1", "status file refresh"),
+    ("SPOTRAIN_LOG_LEVEL", "INFO", "workers' log level"),
+)
+
+
+def help_text() -> str:
+    width = max(len(name) for name, _, _ in ENVIRONMENT)
+    lines = [
+        USAGE,
+        "",
+        "Runs script.py under torchrun (elastic, c10d rendezvous) with the spotrain control server beside it.",
+        "  --print               show the environment additions and the torchrun command, run nothing",
+        "  --no-control-server   do not start the control server",
+        "  -m, --module          run a module (python -m) instead of a script",
+        "",
+        "Environment (default in brackets):",
+    ]
+    for name, default, meaning in ENVIRONMENT:
+        lines.append(f"  {name:<{width}}  {meaning}" + (f" [{default}]" if default else ""))
+    lines += [
+        "",
+        "A local run without a cluster: `python script.py` is a world of one; for several processes start a store",
+        "(python -m spotrain_trainer.rendezvous --host 127.0.0.1 --port 29400) and set",
+        "SPOTRAIN_RDZV_ENDPOINT=127.0.0.1:29400. See docs/trainer.md.",
+    ]
+    return "\n".join(lines)
+
+
+class StoreUnreachable(ConfigError):
+    """The rendezvous store did not answer in time."""
+
+
+def wait_for_store(
+    endpoint: str,
+    timeout: float,
+    *,
+    connect: Callable[[str, int], bool],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> None:
+    """Return once ``connect(host, port)`` succeeds; say so while waiting; raise StoreUnreachable at ``timeout``.
+
+    torchrun itself would wait for the store silently (agents with ``is_host=false`` never host it)."""
+    host, _, port = endpoint.rpartition(":")
+    start = clock()
+    next_say = start + 5.0
+    while not connect(host, int(port)):
+        now = clock()
+        if now - start >= timeout:
+            raise StoreUnreachable(
+                f"the rendezvous store at {endpoint} (SPOTRAIN_RDZV_ENDPOINT) did not answer for {timeout:.0f}s. "
+                "In a cluster the operator runs it as the job's rendezvous pod; check that pod and its Service. "
+                "Locally, start one with `python -m spotrain_trainer.rendezvous --host 127.0.0.1 --port 29400` "
+                "(see docs/trainer.md)"
+            )
+        if now >= next_say:
+            say(f"spotrain-launch: waiting for the rendezvous store at {endpoint} ({now - start:.0f}s/{timeout:.0f}s)")
+            next_say = now + 30.0
+        sleep(1.0)
+
+
+def tcp_connects(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return True
+    except OSError:
+        return False
+
 
 def parse_args(argv: Sequence[str]) -> tuple[dict[str, bool], list[str]]:
     opts = {"print": False, "control_server": True, "module": False}
@@ -154,7 +266,8 @@ def parse_args(argv: Sequence[str]) -> tuple[dict[str, bool], list[str]]:
         elif arg in ("-m", "--module"):
             opts["module"] = True
         elif arg in ("-h", "--help"):
-            raise SystemExit(USAGE)
+            print(help_text())
+            raise SystemExit(0)
         elif arg.startswith("-"):
             raise ConfigError(f"unknown option {arg!r}\n{USAGE}")
         else:
@@ -179,6 +292,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"# control server (background, dies with torchrun): {shlex.join(plan.control_server_argv)}")
         print(f"exec {shlex.join(plan.argv)}")
         return 0
+    try:
+        wait_for_store(
+            plan.env["SPOTRAIN_RDZV_ENDPOINT"],
+            env_float(os.environ, "SPOTRAIN_RDZV_WAIT_SECONDS", 300.0),
+            connect=tcp_connects,
+        )
+    except ConfigError as exc:
+        print(f"spotrain-launch: {exc}", file=sys.stderr)
+        return 2
     os.makedirs(plan.env["SPOTRAIN_STATE_DIR"], exist_ok=True)
     start_control_server(plan)
     sys.stdout.flush()

@@ -111,7 +111,8 @@ class NoticeMonitor:
 
 
 def coordinate_flags(values: Sequence[float], group: Any = None) -> list[float]:
-    """Element-wise MAX of ``values`` over all ranks (a CPU tensor: gloo, or the CPU side of cpu:gloo,...)."""
+    """Element-wise MAX of ``values`` over all ranks of ``group``, which must reduce CPU tensors (gloo, or the CPU
+    side of ``cpu:gloo,cuda:nccl``; see :func:`reduces_cpu_tensors`)."""
     import torch
     import torch.distributed as dist
 
@@ -119,3 +120,50 @@ def coordinate_flags(values: Sequence[float], group: Any = None) -> list[float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return [float(v) for v in t.tolist()]
+
+
+def reduces_cpu_tensors(group: Any = None) -> bool:
+    """Whether ``group`` (None: the default group) has a backend for CPU tensors.
+
+    ``get_backend_config`` lists one ``device:backend`` pair per device: ``cpu:gloo,cuda:gloo`` for gloo,
+    ``cpu:gloo,cuda:nccl`` for a mixed group, ``cuda:nccl`` for NCCL alone.
+    """
+    import torch.distributed as dist
+
+    config = dist.get_backend_config(group)
+    return any(part.strip().startswith("cpu:") for part in config.split(","))
+
+
+#: A second save after an operator-requested checkpoint must fit this many times over before the deadline: a
+#: save's duration varies with the store's load, and a save cut short by SIGKILL is worth nothing.
+SECOND_SAVE_SAFETY_FACTOR = 2.0
+#: ...plus this much, for the exit and the agent's shutdown after it.
+SECOND_SAVE_MARGIN_SECONDS = 5.0
+
+
+def parse_deadline(value: str | None) -> float | None:
+    """An RFC 3339 deadline (``2026-01-01T08:22:00Z``) as unix time; None when absent or unreadable."""
+    if not value:
+        return None
+    from datetime import UTC, datetime
+
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        log.warning("ignoring unreadable checkpoint deadline %r", value)
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def second_save_fits(*, deadline_unix: float | None, now_unix: float, estimate_seconds: float) -> bool:
+    """Whether a second full save after an operator-requested checkpoint surely ends before the deadline.
+
+    Without a known deadline, or without a measured save, it does not: the state of the requested checkpoint is
+    durable already, and two full saves must never both sit on the critical path of a notice.
+    """
+    if deadline_unix is None or estimate_seconds <= 0:
+        return False
+    needed = estimate_seconds * SECOND_SAVE_SAFETY_FACTOR + SECOND_SAVE_MARGIN_SECONDS
+    return now_unix + needed <= deadline_unix

@@ -32,10 +32,10 @@ import pickle
 import random
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -48,11 +48,20 @@ from .checkpoint.storage import open_storage
 from .config import TrainerConfig
 from .constants import EXIT_CHECKPOINTED_ON_NOTICE, EXIT_NOTICE_CHECKPOINT_FAILED
 from .interval import IntervalPolicy
-from .notice import CheckpointRequest, NoticeMonitor, coordinate_flags
+from .notice import (
+    CheckpointRequest,
+    NoticeMonitor,
+    coordinate_flags,
+    parse_deadline,
+    reduces_cpu_tensors,
+    second_save_fits,
+)
 from .statefiles import read_json
 from .status import StatusReporter, status_path
 
 log = logging.getLogger("spotrain_trainer")
+
+T = TypeVar("T")
 
 _META_KEY = "spotrain"
 _RANK_KEY = "spotrain_rank"
@@ -128,6 +137,22 @@ class _UserState(Stateful):
             self.obj.load_state_dict(state_dict)
 
 
+def _check_stateful(kind: str, key: str, obj: Any) -> None:
+    """Fail in restore(), naming the key, rather than at the first checkpoint (which may be the preemption)."""
+    if isinstance(obj, dict) or all(callable(getattr(obj, m, None)) for m in ("state_dict", "load_state_dict")):
+        return
+    hint = ""
+    if isinstance(obj, torch.utils.data.DistributedSampler):
+        hint = (
+            ": a DistributedSampler keeps no position; use spotrain_trainer.ElasticDistributedSampler, which resumes "
+            "mid-epoch at any world size, and iterate with session.iterate(loader, epochs=...)"
+        )
+    raise TypeError(
+        f"{kind}[{key!r}] is a {type(obj).__name__}, which is not a dict and has no state_dict()/load_state_dict()"
+        + hint
+    )
+
+
 def _capture_rng() -> dict[str, Any]:
     out: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -158,6 +183,14 @@ def _apply_rng(state: Mapping[str, Any]) -> None:
             np.random.set_state(state["numpy"])
         except ImportError:
             pass
+
+
+def checkpoint_kind(reason: str) -> str:
+    """The status/metrics kind of a checkpoint taken for ``reason``: ``notice`` (``notice:...``, see
+    ``_checkpoint_on_notice``), ``regular``, ``final``, or ``manual`` (``checkpoint_now``, whatever its reason)."""
+    if reason.startswith("notice:"):
+        return "notice"
+    return reason if reason in ("regular", "final") else "manual"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -229,6 +262,11 @@ class Session:
             self.device = torch.device("cpu")
         # A gloo group reserved for checkpoints: async checkpoints run collectives from a background thread.
         self._ckpt_group = dist.new_group(backend="gloo", timeout=timeout)
+        # The per-step flags are a CPU tensor. A default group the script created with a backend that has no CPU
+        # side (``init_process_group("nccl")``, the usual torchrun pattern) cannot reduce it: the flags then go
+        # over a gloo group of their own. Not over the checkpoint group: an async checkpoint runs collectives on
+        # it from a background thread, and collectives of two threads on one group would interleave.
+        self._flag_group = None if reduces_cpu_tensors(None) else dist.new_group(backend="gloo", timeout=timeout)
 
         self.is_local_leader = self.local_rank == 0
         state_dir = cfg.state_dir
@@ -246,6 +284,13 @@ class Session:
         self.notice.watch(state_dir, self.status.get("handled_request_id") or previous.get("handled_request_id"))
 
         self.storage = open_storage(cfg.checkpoint_uri, s3=cfg.s3, staging_dir=cfg.staging_dir)
+        if not self.storage.writes_in_place and not cfg.staging_dir_set and self.is_local_leader:
+            log.warning(
+                "SPOTRAIN_STAGING_DIR is not set: checkpoints are staged in %s, which in a container is its writable "
+                "layer (small, and counted against the pod's ephemeral storage); mount a volume and set "
+                "SPOTRAIN_STAGING_DIR to it",
+                cfg.staging_dir,
+            )
         self.checkpointer = Checkpointer(
             self.storage,
             group=self._ckpt_group,
@@ -258,6 +303,7 @@ class Session:
             pod=cfg.pod_name,
             writer_threads=cfg.writer_threads,
             on_commit=self._on_commit,
+            pinned_staging=torch.cuda.is_available(),
         )
         iv = cfg.interval
         self.interval = IntervalPolicy(
@@ -284,6 +330,12 @@ class Session:
         self._last_boundary: tuple[float, int] | None = None
         self._consecutive_failures = 0
         self.max_consecutive_failures = max(1, max_checkpoint_failures)
+        # The step of the checkpoint an operator request made durable in this generation, and that request's
+        # deadline (unix time): a SIGTERM after it takes a second save only when one fits (second_save_fits).
+        self._request_checkpoint_step: int | None = None
+        # The step a steps()/iterate() loop has handed out and not finished (see _start_loop).
+        self._open_step: int | None = None
+        self._notice_deadline: float | None = None
 
         self.status.update(
             phase="starting",
@@ -355,6 +407,9 @@ class Session:
         else:
             optimizers = tuple(optimizer)
         self._app = _AppState(model, optimizers, scheduler)
+        for kind, objects in (("state", state), ("rank_state", rank_state)):
+            for key, obj in (objects or {}).items():
+                _check_stateful(kind, key, obj)
         self._user_state = {k: _UserState(v) for k, v in (state or {}).items()}
         self._rank_state = {k: _UserState(v) for k, v in (rank_state or {}).items()}
         self.status.update(phase="starting")
@@ -412,20 +467,97 @@ class Session:
         """Yield the step indices still to run (``step`` .. ``total_steps - 1``).
 
         Before each step (and after the last) all ranks agree on whether to checkpoint; on a notice this
-        raises :class:`CheckpointedOnNotice` once the coordinated checkpoint is durable.
+        raises :class:`CheckpointedOnNotice` once the coordinated checkpoint is durable. For a DataLoader and
+        epochs use :meth:`iterate`: ``zip(loader, session.steps(n))`` leaves a step unfinished at the end of each
+        epoch, and the next loop refuses to start.
         """
         if not self._restored:
             self.restore()
+        self._start_loop()
         self.total_steps = total_steps
         self.status.update(phase="training")
         while True:
             self._boundary(total_steps)
             if self.step >= total_steps:
                 return
+            self._open_step = self.step
             yield self.step
+            self._open_step = None
             self.step += 1
 
-    def _boundary(self, total_steps: int) -> None:
+    def iterate(self, loader: Iterable[T], *, epochs: int) -> Iterator[T]:
+        """Yield ``loader``'s batches for the epochs still to run, one step per batch.
+
+        The loader's sampler must be an :class:`~spotrain_trainer.data.ElasticDistributedSampler` registered in
+        :meth:`restore`'s ``state``: the session owns the step boundary (the checkpoint decision before each
+        batch, as in :meth:`steps`) and the data position (``sampler.advance()`` after each step,
+        ``sampler.set_epoch()`` between epochs), so a checkpoint always holds the position of its step and a
+        resumed job, at any world size, continues with the next unused sample. ``sampler.epoch`` is the epoch.
+        """
+        from .data import ElasticDistributedSampler
+
+        sampler = getattr(loader, "sampler", None)
+        if not isinstance(sampler, ElasticDistributedSampler):
+            sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+        if not isinstance(sampler, ElasticDistributedSampler):
+            raise TypeError(
+                "iterate() needs a DataLoader whose sampler is a spotrain_trainer.ElasticDistributedSampler "
+                f"(got {type(sampler).__name__}): it is the data position the checkpoints keep"
+            )
+        if not self._restored or not any(u.obj is sampler for u in self._user_state.values()):
+            raise RuntimeError(
+                "pass the loader's sampler to session.restore(..., state={'sampler': sampler}) before iterate(): "
+                "otherwise its position is not checkpointed"
+            )
+        batch_size = getattr(loader, "batch_size", sampler.batch_size)
+        if batch_size is not None and batch_size != sampler.batch_size:
+            raise ValueError(
+                f"the DataLoader's batch_size {batch_size} differs from the sampler's batch_size {sampler.batch_size}"
+            )
+        if getattr(loader, "drop_last", False):
+            raise ValueError("use drop_last=False: the sampler already gives every rank a batch at every step")
+        self._start_loop()
+        self.status.update(phase="training")
+        checked_step: int | None = None  # one boundary per step, also where an epoch ends
+
+        def boundary() -> None:
+            nonlocal checked_step
+            if checked_step != self.step:
+                self._boundary(None)
+                checked_step = self.step
+
+        while True:
+            if sampler.epoch >= epochs:
+                boundary()
+                return
+            batches = iter(loader)
+            while True:
+                boundary()
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    break
+                self._open_step = self.step
+                yield batch
+                self._open_step = None
+                self.step += 1
+                sampler.advance()
+            if sampler.steps_left:
+                raise RuntimeError(
+                    f"the DataLoader ended epoch {sampler.epoch} with {sampler.steps_left} step(s) of its sampler left"
+                )
+            sampler.set_epoch(sampler.epoch + 1)
+
+    def _start_loop(self) -> None:
+        if self._open_step is not None:
+            raise RuntimeError(
+                f"step {self._open_step} of an earlier steps()/iterate() loop was handed out but never finished (its "
+                "loop was left, e.g. by zip(loader, session.steps(n)) when the loader ran out); a new loop would "
+                "repeat it. Iterate the loader through the session instead: for batch in session.iterate(loader, "
+                "epochs=N)"
+            )
+
+    def _boundary(self, total_steps: int | None) -> None:
         now = time.monotonic()
         if self._last_boundary is not None:
             t_prev, s_prev = self._last_boundary
@@ -436,12 +568,15 @@ class Session:
         self._collect(self.checkpointer.poll())
 
         notice_local = self.notice.local_flag()
-        due_local = self.rank == 0 and self.step < total_steps and self._regular_due(now)
+        more = total_steps is None or self.step < total_steps
+        due_local = self.rank == 0 and more and self._regular_due(now)
         busy_local = self.checkpointer.busy()
         # Ranks learn the outcome of an asynchronous checkpoint at slightly different steps; deciding to give
         # up through the same all-reduce makes every rank raise at the same step.
         fatal_local = self._consecutive_failures >= self.max_consecutive_failures
-        notice, due, busy, fatal = coordinate_flags([notice_local, due_local, busy_local, fatal_local])
+        notice, due, busy, fatal = coordinate_flags(
+            [notice_local, due_local, busy_local, fatal_local], group=self._flag_group
+        )
         if fatal:
             self.status.update(phase="failed", error=f"{self.max_consecutive_failures} checkpoints in a row failed")
             self.status.flush(force=True)
@@ -517,7 +652,7 @@ class Session:
 
     def _on_commit(self, record: CheckpointRecord) -> None:
         """Called on every rank once a checkpoint is durable (possibly from the background thread)."""
-        kind = "final" if record.reason == "final" else ("notice" if record.reason != "regular" else "regular")
+        kind = checkpoint_kind(record.reason)
         self.status.count_checkpoint(kind, record.stall_seconds)
         if kind == "notice":
             # The notice handler reports it, together with handled_request_id, in one status write.
@@ -537,21 +672,44 @@ class Session:
     def _checkpoint_on_notice(self) -> None:
         # Let a checkpoint in flight finish first: its collectives use the checkpoint group, and so do ours.
         self._collect(self.checkpointer.wait())
-        req: CheckpointRequest | None = self.notice.pending_request() if self.is_local_leader else None
+        # Every local rank reads the pod's request file, so every one of them can mark the request handled below.
+        req: CheckpointRequest | None = self.notice.pending_request()
         mine = None if req is None else (req.id, req.reason)
+        estimate = self._save_estimate_seconds()
         gathered: list[Any] = [None] * self.world_size
-        dist.all_gather_object(gathered, (mine, self.notice.sigterm_received), group=self._ckpt_group)
+        dist.all_gather_object(
+            gathered,
+            (mine, self.notice.sigterm_received, self._notice_deadline, estimate, time.time()),
+            group=self._ckpt_group,
+        )
         request_ids = tuple(dict.fromkeys(g[0][0] for g in gathered if g[0] is not None))
         reasons = [g[0][1] for g in gathered if g[0] is not None]
-        if any(g[1] for g in gathered):
+        sigterm = any(g[1] for g in gathered)
+        if sigterm:
             reasons.append("sigterm")
         reason = "notice:" + (",".join(dict.fromkeys(reasons)) or "unknown")
         request_id = mine[0] if mine is not None else (request_ids[0] if request_ids else None)
+        last = self.checkpointer.last_committed
+        if (
+            sigterm
+            and not request_ids
+            and self._request_checkpoint_step is not None
+            and (last is None or last.step != self.step)
+        ):
+            # The eviction that follows an operator request: the state of the request's checkpoint is durable, and
+            # a second full save is only worth it when it surely fits before the deadline. All ranks decide alike
+            # from the gathered values (rank 0's clock, the latest-known deadline, the slowest rank's estimate).
+            deadlines = [g[2] for g in gathered if g[2] is not None]
+            if not second_save_fits(
+                deadline_unix=min(deadlines) if deadlines else None,
+                now_unix=gathered[0][4],
+                estimate_seconds=max(g[3] for g in gathered),
+            ):
+                self._exit_without_second_save(deadlines, max(g[3] for g in gathered), gathered[0][4])
         log.warning("notice (%s) at step %d: coordinated checkpoint", reason, self.step)
         self.status.update(phase="checkpointing", step=self.step)
         self.status.flush(force=True)
         try:
-            last = self.checkpointer.last_committed
             if last is not None and last.step == self.step:
                 record = last  # the current state is already durable
                 log.info("step %d is already committed; nothing to write", self.step)
@@ -572,11 +730,17 @@ class Session:
             self.status.flush(force=True)
             log.error("checkpoint on notice failed at step %d: %s", self.step, exc)
             raise NoticeCheckpointFailed(self.step, str(exc)) from exc
-        # Durable now: report the request as handled, then exit non-zero.
-        if mine is not None:
-            self.notice.mark_handled(mine[0])
-            self.status.update(handled_request_id=mine[0])
-        sigterm = any(g[1] for g in gathered)
+        # Durable now: every rank marks the request it checkpointed for as handled (a rank that kept seeing it
+        # pending would take another checkpoint at every step); the local leader reports it in the status.
+        current = self.notice.pending_request()
+        handled = current.id if current is not None and current.id in request_ids else (mine[0] if mine else None)
+        if handled is not None:
+            self.notice.mark_handled(handled)
+            self.status.update(handled_request_id=handled)
+        if request_ids:
+            self._request_checkpoint_step = self.step
+            deadline = current.deadline if current is not None and current.id == handled else None
+            self._notice_deadline = parse_deadline(deadline or (req.deadline if req is not None else None))
         self.status.update(
             last_checkpoint=self._status_record(record, request_id),
             last_checkpoint_error=None,
@@ -586,14 +750,46 @@ class Session:
         self.status.flush(force=True)
         if not sigterm:
             # The operator asked, nobody is being stopped yet: the state is durable, so keep training. The operator
-            # evicts the doomed pods next; their SIGTERM brings every rank back here for a quick second checkpoint
-            # (usually nothing new to write) and only then do all ranks exit, while the doomed agents are already
-            # shutting down. Exiting now instead would restart every agent, the doomed ones too, and a doomed agent
-            # that rejoined the next rendezvous round before its eviction would stall the survivors.
+            # evicts the doomed pods next; their SIGTERM brings every rank back here for a second checkpoint when
+            # it fits before the deadline (see second_save_fits), and only then do all ranks exit, while the doomed
+            # agents are already shutting down. Exiting now instead would restart every agent, the doomed ones too,
+            # and a doomed agent that rejoined the next rendezvous round before its eviction would stall the
+            # survivors.
             log.warning("checkpoint on notice durable at step %d; training on until the eviction", self.step)
             return
-        log.warning("checkpoint on notice durable at step %d; exiting %d", self.step, EXIT_CHECKPOINTED_ON_NOTICE)
+        self._exit_on_notice(request_id)
+
+    def _exit_on_notice(self, request_id: str | None) -> None:
+        log.warning(
+            "checkpoint on notice durable at step %d; exiting %d so that torchrun restarts the workers from it "
+            "(torchrun logs this exit as a worker failure: it is the expected end of an interrupted generation)",
+            self.step,
+            EXIT_CHECKPOINTED_ON_NOTICE,
+        )
         raise CheckpointedOnNotice(self.step, request_id)
+
+    def _exit_without_second_save(self, deadlines: list[float], estimate: float, now: float) -> None:
+        kept = int(self._request_checkpoint_step or 0)
+        left = f"{min(deadlines) - now:.1f}s" if deadlines else "an unknown time"
+        log.warning(
+            "SIGTERM at step %d after the checkpoint of step %d the operator requested: a full save takes about "
+            "%.1fs and %s is left before the deadline, so no second save (steps %d..%d will run again); exiting %d",
+            self.step,
+            kept,
+            estimate,
+            left,
+            kept,
+            self.step - 1,
+            EXIT_CHECKPOINTED_ON_NOTICE,
+        )
+        self.status.update(phase="starting", step=self.step)
+        self.status.flush(force=True)
+        raise CheckpointedOnNotice(kept, None)
+
+    def _save_estimate_seconds(self) -> float:
+        """How long the last full save took here (write and upload, not only the stall; 0 if none yet)."""
+        last = self.checkpointer.last_committed
+        return 0.0 if last is None else max(last.duration_seconds, 0.0)
 
     def checkpoint_now(self, reason: str = "manual", *, asynchronous: bool = False) -> CheckpointRecord | None:
         """Checkpoint the current step now (collective; every rank must call it at the same step).
@@ -699,9 +895,7 @@ class Session:
         if not self.checkpointer.wait_for(timeout=30.0):
             # A checkpoint thread stuck in a collective with a lost peer would keep the interpreter from
             # exiting (executor threads are joined at exit): exit now so the agent can restart the workers.
-            log.error(
-                "checkpoint in flight did not finish after a failure; exiting immediately", exc_info=exc
-            )
+            log.error("checkpoint in flight did not finish after a failure; exiting immediately", exc_info=exc)
             logging.shutdown()
             sys.stderr.flush()
             os._exit(1)
@@ -728,4 +922,3 @@ class Session:
     def status_snapshot(self) -> dict[str, Any]:
         with self.status._lock:
             return dict(self.status.data)
-

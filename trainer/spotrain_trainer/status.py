@@ -41,7 +41,7 @@ def default_status(job: str, pod: str) -> dict[str, Any]:
         "checkpoint_interval_seconds": None,
         "checkpoint_in_flight_step": None,
         "last_checkpoint_error": None,
-        "checkpoints_total": {"regular": 0, "notice": 0, "final": 0},
+        "checkpoints_total": {"regular": 0, "notice": 0, "final": 0, "manual": 0},
         "checkpoint_failures_total": 0,
         "stall_seconds_total": 0.0,
         "error": None,

@@ -3,12 +3,13 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from spotrain_trainer.config import ConfigError
-from spotrain_trainer.launch import build_launch, main, parse_args
+from spotrain_trainer.config import ConfigError, TrainerConfig
+from spotrain_trainer.launch import StoreUnreachable, build_launch, main, parse_args, wait_for_store
 from spotrain_trainer.testing import LOOPBACK, ProcessSet, free_port, http_json, pid_alive, port_open, wait_for
 
 POD_ENV = {
@@ -175,3 +176,55 @@ def _ppid(pid: int) -> int:
     except OSError:
         return -1
     return int(data[data.rfind(b")") + 2 :].split()[1])
+
+
+def test_help_lists_every_environment_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    names = ("SPOTRAIN_RDZV_ENDPOINT", "SPOTRAIN_CHECKPOINT_URI", "SPOTRAIN_STAGING_DIR", "SPOTRAIN_NPROC_PER_NODE")
+    assert all(name in out for name in names)
+    assert "python -m spotrain_trainer.rendezvous" in out and "docs/trainer.md" in out
+
+
+def test_waiting_for_an_unreachable_store_says_so_then_gives_up() -> None:
+    now = [0.0]
+    said: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(StoreUnreachable, match=r"127\.0\.0\.1:1 \(SPOTRAIN_RDZV_ENDPOINT\) did not answer for 60s"):
+        wait_for_store(
+            "127.0.0.1:1", 60.0, connect=lambda host, port: False, clock=lambda: now[0], sleep=sleep, say=said.append
+        )
+    assert said and all("waiting for the rendezvous store at 127.0.0.1:1" in line for line in said)
+    attempts = iter([False, False, True])
+    wait_for_store("h:2", 60.0, connect=lambda host, port: next(attempts), clock=lambda: now[0], sleep=sleep)
+
+
+def test_an_unreachable_store_is_a_clear_error_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for key, value in POD_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SPOTRAIN_RDZV_ENDPOINT", f"{LOOPBACK}:{free_port()}")
+    monkeypatch.setenv("SPOTRAIN_RDZV_WAIT_SECONDS", "0.5")
+    monkeypatch.setenv("SPOTRAIN_STATE_DIR", str(tmp_path / "state"))
+    assert main(["--no-control-server", "train.py"]) == 2
+    assert "did not answer" in capsys.readouterr().err
+
+
+def test_local_jobs_get_a_checkpoint_path_of_their_own() -> None:
+    first = TrainerConfig.from_env({}, script="/home/me/train_gpt.py")
+    second = TrainerConfig.from_env({}, script="examples/My Model.py")
+    assert first.job_name == "local-train-gpt" and second.job_name == "local-my-model"
+    assert first.checkpoint_uri != second.checkpoint_uri and first.checkpoint_uri.endswith("/local-train-gpt")
+    assert build_launch({"SPOTRAIN_RDZV_ENDPOINT": "h:1"}, ["/x/train_gpt.py"]).argv[8] == "--rdzv-id=local-train-gpt"
+
+
+def test_staging_falls_back_to_the_temporary_directory_and_says_so() -> None:
+    unset = TrainerConfig.from_env({"POD_NAME": "p"})
+    assert not unset.staging_dir_set and unset.staging_dir == Path(tempfile.gettempdir()) / "spotrain-staging" / "p"
+    assert TrainerConfig.from_env({"SPOTRAIN_STAGING_DIR": "/staging"}).staging_dir_set

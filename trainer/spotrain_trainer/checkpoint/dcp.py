@@ -13,6 +13,10 @@ Save protocol for step N (all ranks):
 3. ``all_gather_object`` of the per-rank file lists (or errors). Rank 0 writes the ``COMMIT`` marker only if
    every rank succeeded, then broadcasts the outcome: every rank learns the same result.
 4. Rank 0 applies retention (keep the newest N committed; never the checkpoint this generation loaded).
+
+Restore: rank 0 lists the committed steps; the local rank 0 of each node checks the newest one's listing against
+its marker; then every rank loads it through :class:`VerifyingReader`, which fetches and verifies only the files
+the rank's load plan reads. Any failure on any rank (a vote over the group) falls back to the next older one.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 
 from .commit import (
     CheckpointError,
@@ -132,6 +138,7 @@ class Checkpointer:
         pod: str | None = None,
         writer_threads: int = 1,
         on_commit: Callable[[CheckpointRecord], None] | None = None,
+        pinned_staging: bool = False,
     ) -> None:
         self.storage = storage
         self.group = group
@@ -150,6 +157,16 @@ class Checkpointer:
         self._inflight: Future[CheckpointRecord] | None = None
         self._inflight_step: int | None = None
         self._lock = threading.Lock()
+        # With CUDA state, asynchronous saves stage into one pinned host copy kept between saves (DCP's
+        # cache_staged_state_dict): copying from the GPU into pinned memory is what keeps the stall short.
+        self._pinned_writer: FileSystemWriter | None = None
+        if pinned_staging:
+            self._pinned_writer = FileSystemWriter(
+                self.cache_dir,
+                sync_files=storage.writes_in_place,
+                thread_count=writer_threads,
+                cache_staged_state_dict=True,
+            )
 
     # ------------------------------------------------------------------------------------------- status
     @property
@@ -234,15 +251,26 @@ class Checkpointer:
         local_dir = self.storage.write_dir(step, self.rank)
         # fsync matters where the files stay (a local/volume path); a staging copy only has to be readable for
         # the upload, and the commit marker is written only once the uploaded objects are confirmed.
-        writer = FileSystemWriter(
-            local_dir, sync_files=self.storage.writes_in_place, thread_count=self.writer_threads
-        )
+        writer = FileSystemWriter(local_dir, sync_files=self.storage.writes_in_place, thread_count=self.writer_threads)
         if asynchronous:
+            if self._pinned_writer is not None:
+                self._pinned_writer.reset(local_dir)
+                writer = self._pinned_writer
             try:
-                fut_or_resp = dcp.async_save(state_dict, storage_writer=writer, process_group=self.group)
-            except Exception as exc:
+                try:
+                    fut_or_resp = dcp.async_save(state_dict, storage_writer=writer, process_group=self.group)
+                except ValueError:
+                    if self._pinned_writer is None:
+                        raise
+                    # The state's structure changed since the pinned copy was made (optimizer state appears after
+                    # the first step): make a new copy.
+                    self._pinned_writer.state_dict_cache = None
+                    fut_or_resp = dcp.async_save(state_dict, storage_writer=writer, process_group=self.group)
+            except (Exception, CheckpointException) as exc:
                 raise CheckpointError(f"async checkpoint of step {step} could not start: {exc}") from exc
-            upload = fut_or_resp.upload_completion if isinstance(fut_or_resp, AsyncSaveResponse) else fut_or_resp
+            # Newer torch answers an AsyncSaveResponse (staging and upload futures), older torch the upload future;
+            # staging is done either way: FileSystemWriter stages blocking.
+            upload = cast("Future[Any]", getattr(fut_or_resp, "upload_completion", fut_or_resp))
             stall = time.monotonic() - t0
             self._inflight_step = step
             self._inflight = self._executor.submit(
@@ -252,7 +280,7 @@ class Checkpointer:
         dcp_error: BaseException | None = None
         try:
             dcp.save(state_dict, storage_writer=writer, process_group=self.group)
-        except Exception as exc:
+        except (Exception, CheckpointException) as exc:  # CheckpointException is a BaseException
             dcp_error = exc
         stall = time.monotonic() - t0
         return self._finish(step, local_dir, t0, stall, reason, request_id, request_ids, None, dcp_error)
@@ -410,39 +438,40 @@ class Checkpointer:
             raise CheckpointError(f"cannot list checkpoints in {self.storage.uri}: {payload}")
         return list(payload)
 
-    def _prepare_local(self, step: int) -> tuple[bool, str, CommitMarker | None]:
-        """On the local rank 0 of each node: read the marker, check sizes, fetch, verify checksums."""
+    def _check_listing(self, step: int) -> tuple[bool, str]:
+        """On the local rank 0 of each node: the marker is there and every file it names has its size."""
         try:
             marker = self.storage.read_commit(step)
             if marker is None:
-                return False, "commit marker vanished", None
+                return False, "commit marker vanished"
             if marker.step != step:
-                return False, f"marker says step {marker.step}", None
+                return False, f"marker says step {marker.step}"
             problems = check_sizes(marker.files, self.storage.file_sizes(step))
             if problems:
                 raise IntegrityError("; ".join(problems))
-            directory = self.storage.fetch(step, sorted(marker.files), self.cache_dir)
-            problems = verify_local_files(directory, marker.files)
-            if problems:
-                raise IntegrityError("; ".join(problems))
-            return True, "", marker
+            return True, ""
         except Exception as exc:
-            return False, f"{type(exc).__name__}: {exc}", None
+            return False, f"{type(exc).__name__}: {exc}"
+
+    def _rank_cache(self) -> Path:
+        return self.cache_dir / f"rank{self.rank}"
 
     def restore(self, make_target: Callable[[set[str]], dict[str, Any]]) -> RestoreResult | None:
         """Load the newest committed checkpoint that verifies and loads, falling back to older ones.
 
         ``make_target(keys)`` builds the state dict to load into, given the keys present in the checkpoint's
-        metadata (flattened fully qualified names). Returns None when no committed checkpoint exists; raises
-        :class:`CheckpointError` when committed checkpoints exist but none can be loaded (training must not
-        silently start over).
+        metadata (flattened fully qualified names). Each rank fetches (and verifies against the marker) only the
+        files its own load plan reads: DCP's planner asks for what this rank's state dict needs, so a rank of a
+        sharded model never downloads the other ranks' shards. Returns None when no committed checkpoint exists;
+        raises :class:`CheckpointError` naming the checkpoints and the URI when committed checkpoints exist but
+        none can be loaded (training must not silently start over).
         """
         candidates = self.list_candidates()
         skipped: list[tuple[int, str]] = []
         for step in candidates:
-            ok, why, marker = (True, "", None)
+            ok, why = (True, "")
             if self.local_rank == 0:
-                ok, why, marker = self._prepare_local(step)
+                ok, why = self._check_listing(step)
             votes: list[Any] = [None] * self.world_size
             dist.all_gather_object(votes, (ok, why, self.pod), group=self.group)
             bad = [f"{pod}: {w}" for o, w, pod in votes if not o]
@@ -450,19 +479,24 @@ class Checkpointer:
                 log.warning("checkpoint %s is not usable: %s", step_dir_name(step), "; ".join(bad))
                 skipped.append((step, "; ".join(bad)))
                 continue
-            directory = self.storage.fetch_dir(step, self.cache_dir)
+            uri = f"{self.storage.uri}/{step_dir_name(step)}"
+            marker: CommitMarker | None = None
             load_error: str | None = None
+            directory = self.storage.fetch_dir(step, self._rank_cache())
             try:
-                reader = FileSystemReader(str(directory))
-                keys = set(reader.read_metadata().state_dict_metadata)
+                marker = self.storage.read_commit(step)
                 if marker is None:
-                    marker = self.storage.read_commit(step)
-                    if marker is None:
-                        raise IntegrityError(f"{step_dir_name(step)} has no commit marker")
+                    raise IntegrityError(f"{step_dir_name(step)} has no commit marker")
+                reader = VerifyingReader(directory, step, marker, self.storage)
+                keys = set(reader.read_metadata().state_dict_metadata)
                 target = make_target(keys)
-                dcp.load(target, storage_reader=FileSystemReader(str(directory)), process_group=self.group)
-            except Exception as exc:
-                load_error = f"rank {self.rank}: {type(exc).__name__}: {exc}"
+                dcp.load(target, storage_reader=reader, process_group=self.group)
+            except (Exception, CheckpointException) as exc:
+                # DCP's CheckpointException derives from BaseException: caught by name so that the fallback sees it.
+                load_error = f"rank {self.rank} loading {uri}: {type(exc).__name__}: {exc}"
+            finally:
+                if not self.storage.writes_in_place:
+                    shutil.rmtree(directory, ignore_errors=True)
             votes = [None] * self.world_size
             dist.all_gather_object(votes, load_error, group=self.group)
             errors = [v for v in votes if v]
@@ -471,8 +505,7 @@ class Checkpointer:
                 skipped.append((step, "; ".join(errors)))
                 continue
             assert marker is not None
-            self._drop_cache(step)
-            record = CheckpointRecord.from_marker(marker, f"{self.storage.uri}/{step_dir_name(step)}")
+            record = CheckpointRecord.from_marker(marker, uri)
             with self._lock:
                 self.last_committed = record
             self.protect = {step}
@@ -484,7 +517,37 @@ class Checkpointer:
             )
         return None
 
-    def _drop_cache(self, step: int) -> None:
-        dist.barrier(group=self.group)  # everyone on this node has finished reading the fetched copy
-        if self.local_rank == 0 and not self.storage.writes_in_place:
-            shutil.rmtree(self.storage.fetch_dir(step, self.cache_dir), ignore_errors=True)
+
+class VerifyingReader(FileSystemReader):
+    """DCP's file reader over a local directory into which it first fetches, and checks against the commit
+    marker (size and SHA-256), only the files the load plan reads: ``.metadata``, then this rank's share."""
+
+    def __init__(self, directory: Path, step: int, marker: CommitMarker, storage: CheckpointStorage) -> None:
+        self.directory = Path(directory)
+        self.step = step
+        self.marker = marker
+        self.storage = storage
+        self.checked: set[str] = set()
+        if not storage.writes_in_place:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory.mkdir(parents=True)
+        self.ensure([METADATA_FILE])
+        super().__init__(str(self.directory))
+
+    def ensure(self, names: list[str]) -> None:
+        """Fetch and verify the named files that are not checked yet; raise IntegrityError on a mismatch."""
+        todo = sorted(set(names) - self.checked)
+        if not todo:
+            return
+        unknown = [n for n in todo if n not in self.marker.files]
+        if unknown:
+            raise IntegrityError(f"{step_dir_name(self.step)}: {', '.join(unknown)} not in the commit marker")
+        self.storage.fetch_into(self.step, todo, self.directory)
+        problems = verify_local_files(self.directory, {n: self.marker.files[n] for n in todo})
+        if problems:
+            raise IntegrityError("; ".join(problems))
+        self.checked.update(todo)
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> torch.futures.Future[None]:
+        self.ensure(sorted({self.storage_data[item.storage_index].relative_path for item in plan.items}))
+        return super().read_data(plan, planner)

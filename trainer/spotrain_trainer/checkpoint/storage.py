@@ -116,6 +116,10 @@ class CheckpointStorage(ABC):
         """The directory :meth:`fetch` returns, without fetching anything."""
 
     @abstractmethod
+    def fetch_into(self, step: int, names: Iterable[str], directory: Path) -> None:
+        """Bring the named files of ``step`` into ``directory`` (a :meth:`fetch_dir`), next to those already there."""
+
+    @abstractmethod
     def delete(self, step: int) -> None:
         """Delete a checkpoint: the marker first, so a half-deleted checkpoint is never committed."""
 
@@ -217,6 +221,9 @@ class LocalStorage(CheckpointStorage):
 
     def fetch_dir(self, step: int, cache_dir: Path) -> Path:
         return self._dir(step)
+
+    def fetch_into(self, step: int, names: Iterable[str], directory: Path) -> None:
+        return None  # read in place
 
     def delete(self, step: int) -> None:
         d = self._dir(step)
@@ -508,15 +515,18 @@ class S3Storage(CheckpointStorage):
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
+        self.fetch_into(step, names, d)
+        return d
+
+    def fetch_into(self, step: int, names: Iterable[str], directory: Path) -> None:
         prefix = self._step_prefix(step)
         for name in names:
-            target = d / name
+            target = directory / name
 
             def run(name: str = name, target: Path = target) -> None:
                 self.client.download_file(self.bucket, prefix + name, str(target), Config=self.transfer_config)
 
             self._retry(run, f"download s3://{self.bucket}/{prefix}{name}")
-        return d
 
     def delete(self, step: int) -> None:
         prefix = self._step_prefix(step)
@@ -560,4 +570,3 @@ def open_storage(uri: str, *, s3: S3Settings | None = None, staging_dir: Path | 
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     return LocalStorage(uri)
-
