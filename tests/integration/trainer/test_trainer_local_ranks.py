@@ -1,0 +1,62 @@
+"""Two ranks in one pod (nprocPerNode 2): one checkpoint request gives one coordinated checkpoint, after which
+training goes on in the same round. Every rank of the pod sees the request file, and every one must mark it
+handled: a rank that kept seeing it pending would make every following step take another checkpoint."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spotrain_trainer.checkpoint.storage import LocalStorage
+from spotrain_trainer.testing import LocalJob, ProcessSet, wait_for
+
+STEPS = 30
+
+
+@pytest.mark.timeout(420)
+def test_one_request_gives_one_checkpoint_with_two_ranks_per_pod(
+    procs: ProcessSet, tmp_path: Path, store_port: int, example: list[str]
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    job = LocalJob(
+        procs,
+        tmp_path / "job",
+        store_port=store_port,
+        checkpoint_uri=str(ckpt),
+        script=[*example, "--steps", str(STEPS)],
+        env={"TINY_STEP_SLEEP": "0.1"},
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=2,
+    )
+    pod = job.start_pod("pod-a")
+    request_id = f"notice-{uuid.uuid4().hex[:8]}"
+    try:
+        wait_for(lambda: len(job.losses()) >= 5, 240, "5 steps")
+        code, body = pod.post_checkpoint(request_id, reason="spot-interruption")
+        assert code == 202 and body["accepted"] is True
+
+        def handled() -> dict[str, Any] | None:
+            s = pod.status()
+            return s if s and (s["last_checkpoint"] or {}).get("request_id") == request_id else None
+
+        step = wait_for(handled, 180, "the request reported as handled")["last_checkpoint"]["step"]
+        assert pod.proc is not None and pod.proc.wait(timeout=300) == 0
+    except BaseException:
+        print(job.logs())
+        raise
+
+    status = pod.status()
+    assert status is not None and status["completed"] is True
+    assert status["checkpoints_total"]["notice"] == 1, status["checkpoints_total"]
+    storage = LocalStorage(ckpt)
+    reasons = {s: m.reason for s in storage.committed_steps() if (m := storage.read_commit(s)) is not None}
+    assert [s for s, r in reasons.items() if r.startswith("notice")] == [step], reasons
+    marker = storage.read_commit(step)
+    assert marker is not None and marker.world_size == 2 and marker.request_id == request_id
+    losses = job.losses()
+    assert sorted(r["step"] for r in losses) == list(range(STEPS))
+    assert {r["restart"] for r in losses} == {0}, "training went on in the same round"
