@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: help venv testbin lint test test-unit dev-up dev-down run demo bench clean
+.PHONY: help venv testbin lint test test-unit test-gpu dev-up dev-down run demo bench clean
 
 help:
 	@echo "make demo      bring up the local cluster and run the demo"
 	@echo "make test      venv + control plane binaries + ruff + mypy + the whole pytest suite"
+	@echo "make test-gpu  the GPU tests (tests/gpu; skipped with the reason where no CUDA device is present)"
 	@echo "make dev-up / dev-down   start / stop the devcluster (.dev/kubeconfig)"
 	@echo "make run       the operator in the foreground against .dev/kubeconfig"
 	@echo "make bench     benchmarks (JSON in bench/results/ and a table)"
@@ -44,6 +45,10 @@ test: venv testbin lint
 
 test-unit: venv
 	@$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# On a machine with a CUDA device; elsewhere every GPU test is skipped and the reason printed.
+test-gpu: venv
+	@$(BIN)/pytest tests/gpu -m gpu -rs $(PYTEST_ARGS)
 
 dev-up: venv testbin
 	@$(BIN)/spotrain-dev up
