@@ -5,16 +5,19 @@
     with st.Session() as session:                       # process group, notice handling, storage
         model = DDP(Net())                              # or fully_shard(...), or a plain module
         opt = torch.optim.AdamW(model.parameters())
+        sampler = st.ElasticDistributedSampler(dataset, batch_size=per_rank_batch)
+        loader = DataLoader(dataset, batch_size=per_rank_batch, sampler=sampler)
         start = session.restore(model=model, optimizer=opt, scheduler=sched, state={"sampler": sampler})
-        for step in session.steps(total_steps):         # checkpoints when due and on notice
+        for batch in session.iterate(loader, epochs=10):  # checkpoints when due and on notice
             ...train one step...
+        # or, without a DataLoader: for step in session.steps(total_steps): ...
     # leaving the block normally: final checkpoint, completion marker, termination message, exit 0
 
 On a notice (SIGTERM, or a request to the pod's control endpoint) every rank takes the same checkpoint at
 the same step, makes it durable, reports it and the process exits with ``EXIT_CHECKPOINTED_ON_NOTICE`` (75):
-``steps()`` raises :class:`CheckpointedOnNotice`, a ``SystemExit``, so ``finally`` blocks inside the loop still
-run; leaving the ``with`` block with it ends the process at once (``fast_exit``). A worker never exits 0 on an
-interruption: that would make its torchrun agent close the rendezvous for every node.
+``steps()``/``iterate()`` raise :class:`CheckpointedOnNotice`, a ``SystemExit``, so ``finally`` blocks inside the
+loop still run; leaving the ``with`` block with it ends the process at once (``fast_exit``). A worker never exits 0
+on an interruption: that would make its torchrun agent close the rendezvous for every node.
 
 What is saved: the model and optimizer(s) through ``get_state_dict``/``set_state_dict`` (DDP, FSDP2 and plain
 modules; sharded tensors are resharded on load at a different world size), the scheduler, every object in
