@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds (once) and caches the test control plane binaries by version, outside the repository:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes through a wrapper
-#   module), etcd, kwok, helm, promtool and ec2-metadata-mock.
+#   module), etcd, kwok, helm, promtool, ec2-metadata-mock and Karpenter's KWOK provider (with the CRDs its
+#   module ships).
 # Prints the bin directory on stdout's last line; progress goes to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -138,6 +139,22 @@ GO
   link etcd "$ETCD_VERSION"
 }
 
+build_karpenter() {
+  # Karpenter's kwok main package is a full Karpenter whose cloud provider creates KWOK nodes. Its CRDs (NodePool,
+  # NodeClaim, NodeOverlay in kwok/charts/crds, KWOKNodeClass in kwok/apis/crds) are copied from the same module
+  # version next to the binaries, where spotrain_dev.karpenter applies them.
+  GOTOOLCHAIN=auto install_tool karpenter-kwok sigs.k8s.io/karpenter/kwok "$KARPENTER_VERSION"
+  local crds="$cache/karpenter-crds-$KARPENTER_VERSION"
+  if [ ! -f "$crds/karpenter.sh_nodepools.yaml" ]; then
+    local module
+    module=$(GOTOOLCHAIN=auto go mod download -json "sigs.k8s.io/karpenter@$KARPENTER_VERSION" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
+    mkdir -p "$crds"
+    cp "$module"/kwok/charts/crds/*.yaml "$module"/kwok/apis/crds/*.yaml "$crds/"
+    chmod u+w "$crds"/*.yaml  # the module cache is read-only
+  fi
+}
+
 case "${1:-all}" in
   all)
     build_etcd
@@ -148,6 +165,7 @@ case "${1:-all}" in
     install_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMTOOL_VERSION" \
       "-X github.com/prometheus/common/version.Version=$PROMTOOL_RELEASE"
     install_tool ec2-metadata-mock github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock "$EC2_METADATA_MOCK_VERSION"
+    build_karpenter
     build_kubernetes
     ;;
   *) echo "usage: $0 [all]" >&2; exit 2 ;;
