@@ -25,7 +25,7 @@ NTH_TAINTS = {"nth-spot-itn": wk.NTH_SPOT_ITN, "nth-asg-lifecycle": wk.NTH_ASG_L
 
 
 def body(harness: Harness, obj: Any) -> dict[str, Any]:
-    return harness.api.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
+    return harness.api.sanitize_for_serialization(obj)
 
 
 def node_view(harness: Harness, name: str) -> NodeView:
