@@ -175,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     sig = sub.add_parser("signal")
     sig.add_argument("node")
     sig.add_argument("signal", choices=sorted(SIGNALS))
-    sig.add_argument("--lead", type=int, default=120, help="seconds until the simulated deadline")
+    sig.add_argument("--lead", type=int, default=120,
+                     help="seconds until the deadline, for signals whose emitter writes one (spotrain-agent); "
+                     "NTH, Karpenter, GKE, AKS and cluster-autoscaler write none")
     sig.set_defaults(func=cmd_signal)
     args = parser.parse_args(argv)
     return int(args.func(args))
