@@ -73,6 +73,7 @@ def summarize(r: RunResult, reference: RunResult | None) -> dict[str, Any]:
         "paid_share": {k: round(v / r.paid_node_s, 4) for k, v in sorted(r.breakdown.items())} if r.paid_node_s
         else {},
         "paid_node_h_by_pool": {k: round(v / 3600.0, 2) for k, v in sorted(r.paid_by_pool.items())},
+        "restarts": dict(sorted(r.restarts.items())),
         "events": dict(sorted(r.events.items())),
         "reconciles": r.reconciles,
     }

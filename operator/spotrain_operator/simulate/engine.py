@@ -87,6 +87,7 @@ class RunResult:
     world: list[tuple[float, int]]
     paid_by_pool: dict[str, float]
     breakdown: dict[str, float]
+    restarts: dict[str, int]
     status: dict[str, Any]
     events: Counter[str]
     reconciles: int
@@ -170,6 +171,7 @@ class Simulation:
         self.done_at: float | None = None
         self.accounted_to = 0.0
         self.breakdown: dict[str, float] = {}  # paid node-seconds by what they were spent on
+        self.restarts: Counter[str] = Counter()  # worker group restarts by cause
 
     # -- the event queue ------------------------------------------------------------------------------------
 
@@ -207,8 +209,8 @@ class Simulation:
             completed=self.done_at is not None, elapsed_s=end, work_node_s=self.work,
             committed_node_s=self.committed, paid_node_s=sum(paid.values()), cost=cost,
             step_node_s=self.step_node_s, rolled_back_node_s=self.rolled_back, interruptions=self.interruptions,
-            world=self.world, paid_by_pool=paid, breakdown=self._breakdown(), status=self.status_body,
-            events=self.events, reconciles=self.reconciles)
+            world=self.world, paid_by_pool=paid, breakdown=self._breakdown(), restarts=dict(self.restarts),
+            status=self.status_body, events=self.events, reconciles=self.reconciles)
 
     def _account(self, until: float) -> None:
         """Splits the paid node-seconds since the last event by what the nodes did (nothing changes between
@@ -521,6 +523,7 @@ class Simulation:
         self.restart_pending = False
         if epoch != self.epoch or self.state != "training":
             return
+        self.restarts["join"] += 1
         self._stop_group()
 
     def _stop_group(self) -> float:
@@ -684,6 +687,7 @@ class Simulation:
         """A pod is stopped gracefully; returns when its processes have exited."""
         if name in self.members:
             if self.state == "training":
+                self.restarts["worker stopped"] += 1
                 return self._stop_group()
             if self.state == "stopping":
                 return self.stopping_until
@@ -709,6 +713,7 @@ class Simulation:
     def _failure_detected(self, epoch: int) -> None:
         if epoch != self.epoch or self.state != "broken":
             return
+        self.restarts["peer lost"] += 1
         self._roll_back()
         self._halt()
         self._form(0.0)
