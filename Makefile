@@ -14,7 +14,7 @@ help:
 	@echo "make test-gpu  the GPU tests (tests/gpu; skipped with the reason where no CUDA device is present)"
 	@echo "make dev-up / dev-down   start / stop the devcluster (.dev/kubeconfig)"
 	@echo "make run       the operator in the foreground against .dev/kubeconfig"
-	@echo "make bench     benchmarks (JSON in bench/results/ and a table)"
+	@echo "make bench     benchmarks: bench/results.json (docs/benchmarks.md) and a table; BENCH_ARGS='--only simulation'"
 
 # The venv is rebuilt only when pyproject.toml changes; uv keeps downloaded wheels (torch's CUDA libraries
 # are several GB) in its cache, so even a rebuild downloads nothing twice.
@@ -63,7 +63,7 @@ demo: venv testbin
 	@$(BIN)/python -m spotrain_dev.demo
 
 bench: venv testbin
-	@$(BIN)/python bench/run.py
+	@$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .dev .mypy_cache .ruff_cache .pytest_cache

@@ -117,7 +117,7 @@ def compare(market: Market, names: Sequence[str], *, seed: int = 1, work_hours: 
 
 def sweep(market: Market, factors: Sequence[float], *, seed: int = 1, work_hours: float = DEFAULT_WORK_HOURS,
           costs: Costs | None = None, trace: list[MarketEvent] | None = None,
-          names: Sequence[str] = ("elastic_no_notice", "spotrain"),
+          names: Sequence[str] = ("spotrain",),
           progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Goodput and cost ratio as the per-event overhead (stop, rendezvous, restart, restore, first step, failure
     detection) is scaled: how much a faster rescale would buy."""
