@@ -31,7 +31,7 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass
 class LaunchPlan:
-    argv: list[str]  # torchrun (as `python -m torch.distributed.run`) and its arguments
+    argv: list[str]  # torchrun (as `python -m spotrain_trainer.agent`, torchrun itself) and its arguments
     env: dict[str, str]  # the complete environment for torchrun
     env_added: dict[str, str] = field(default_factory=dict)  # what we set on top of the pod's environment
     control_server_argv: list[str] | None = None
@@ -79,7 +79,7 @@ def build_launch(
     argv = [
         py,
         "-m",
-        "torch.distributed.run",
+        "spotrain_trainer.agent",  # torchrun, with its log of a notice exit reworded (see agent.py)
         f"--nnodes={min_nodes}:{max_nodes}",
         f"--nproc-per-node={nproc}",
         f"--max-restarts={max_restarts}",

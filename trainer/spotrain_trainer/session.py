@@ -772,13 +772,14 @@ class Session:
         raise CheckpointedOnNotice(self.step, request_id)
 
     def _exit_without_second_save(self, deadlines: list[float], estimate: float, now: float) -> None:
-        kept = int(self._request_checkpoint_step or 0)
+        # The newest durable state: the requested checkpoint, or a regular one committed since.
+        kept = int(self.checkpointer.last_committed_step or self._request_checkpoint_step or 0)
         left = f"{min(deadlines) - now:.1f}s" if deadlines else "an unknown time"
         log.warning(
             "SIGTERM at step %d after the checkpoint of step %d the operator requested: a full save takes about "
             "%.1fs and %s is left before the deadline, so no second save (steps %d..%d will run again); exiting %d",
             self.step,
-            kept,
+            self._request_checkpoint_step,
             estimate,
             left,
             kept,

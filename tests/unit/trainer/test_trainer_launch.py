@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from spotrain_trainer.agent import TORCHRUN_FAILED, TORCHRUN_LOGGER, NoticeExitFilter
 from spotrain_trainer.config import ConfigError, TrainerConfig
+from spotrain_trainer.constants import EXIT_CHECKPOINTED_ON_NOTICE
 from spotrain_trainer.launch import StoreUnreachable, build_launch, main, parse_args, wait_for_store
 from spotrain_trainer.testing import LOOPBACK, ProcessSet, free_port, http_json, pid_alive, port_open, wait_for
 
@@ -32,7 +35,7 @@ def test_argv_and_env_from_the_pod_environment() -> None:
     assert plan.argv == [
         "/venv/bin/python",
         "-m",
-        "torch.distributed.run",
+        "spotrain_trainer.agent",
         "--nnodes=2:8",
         "--nproc-per-node=4",
         "--max-restarts=1000000",
@@ -228,3 +231,15 @@ def test_staging_falls_back_to_the_temporary_directory_and_says_so() -> None:
     unset = TrainerConfig.from_env({"POD_NAME": "p"})
     assert not unset.staging_dir_set and unset.staging_dir == Path(tempfile.gettempdir()) / "spotrain-staging" / "p"
     assert TrainerConfig.from_env({"SPOTRAIN_STAGING_DIR": "/staging"}).staging_dir_set
+
+
+def test_a_notice_exit_is_not_logged_as_a_crash() -> None:
+    def record(exitcode: int) -> logging.LogRecord:
+        args = (exitcode, 0, 4242, "train.py")
+        return logging.LogRecord(TORCHRUN_LOGGER, logging.ERROR, "api.py", 1, TORCHRUN_FAILED, args, None)
+
+    notice, crash = record(EXIT_CHECKPOINTED_ON_NOTICE), record(1)
+    assert NoticeExitFilter().filter(notice) and NoticeExitFilter().filter(crash)
+    assert notice.levelno == logging.WARNING and "checkpoint on notice" in notice.getMessage()
+    assert "exitcode: 75" in notice.getMessage()
+    assert crash.levelno == logging.ERROR and crash.getMessage().startswith("failed (exitcode: 1)")

@@ -501,7 +501,7 @@ class Checkpointer:
             dist.all_gather_object(votes, load_error, group=self.group)
             errors = [v for v in votes if v]
             if errors:
-                log.warning("loading %s failed: %s", step_dir_name(step), "; ".join(errors))
+                log.warning("checkpoint %s is not usable: %s", step_dir_name(step), "; ".join(errors))
                 skipped.append((step, "; ".join(errors)))
                 continue
             assert marker is not None
