@@ -267,16 +267,21 @@ def simulator_costs(s: dict[str, Any]) -> dict[str, float]:
         return None if value is None else float(value)
 
     costs: dict[str, float] = {}
-    notice = {k: p50("notice", k) for k in ("requested_s", "durable_s", "evicted_s")}
-    if notice["requested_s"] is not None:
-        costs["operator_reaction_s"] = notice["requested_s"]
-        if notice["durable_s"] is not None:
-            costs["notice_checkpoint_s"] = max(0.0, notice["durable_s"] - notice["requested_s"])
-            if notice["evicted_s"] is not None:
-                costs["operator_poll_s"] = max(0.0, notice["evicted_s"] - notice["durable_s"])
-    stop_rdzv = p50("notice", "stop_and_rendezvous_s")
-    if stop_rdzv is not None:
-        costs["stop_s"], costs["rendezvous_s"] = 0.0, stop_rdzv  # one measured span: exit + rendezvous + spawn
+    requested, durable, evicted = (p50("notice", k) for k in ("requested_s", "durable_s", "evicted_s"))
+    stopped = p50("notice", "doomed_stopped_s")
+    if requested is not None:
+        costs["operator_reaction_s"] = requested
+        if durable is not None:
+            costs["notice_checkpoint_s"] = max(0.0, durable - requested)
+            if evicted is not None:
+                costs["operator_poll_s"] = max(0.0, evicted - durable)
+    if evicted is not None and stopped is not None:
+        costs["stop_s"] = max(0.0, stopped - evicted)
+    left, joined = p50("notice", "stop_and_rendezvous_s"), p50("join", "stop_and_rendezvous_s")
+    if joined is not None:
+        costs["rendezvous_s"] = max(0.0, joined - costs.get("stop_s", 0.0))
+        if left is not None:
+            costs["departed_peer_s"] = max(0.0, left - joined)
     import_s, group_s = p50("notice", "import_s"), p50("notice", "process_group_s")
     if import_s is not None and group_s is not None:
         costs["restart_s"] = import_s + group_s
@@ -285,8 +290,11 @@ def simulator_costs(s: dict[str, Any]) -> dict[str, float]:
         if value is not None:
             costs[f"{key}_s"] = value
     hard = p50("no_notice", "stop_and_rendezvous_s")
-    if hard is not None and stop_rdzv is not None:
-        costs["failure_detect_s"] = max(0.0, hard - stop_rdzv)
+    if hard is not None and left is not None:
+        costs["failure_detect_s"] = max(0.0, hard - left)
+    noticed_join, started = p50("join", "last_old_step_after_s"), p50("join", "pod_started_s")
+    if noticed_join is not None and started is not None:
+        costs["join_detect_s"] = max(0.0, noticed_join - started)
     return {k: round(v, 3) for k, v in costs.items()}
 
 

@@ -166,6 +166,7 @@ class Simulation:
         self.tokens: Counter[str] = Counter()
         self.restart_pending = False
         self.stopping_until = 0.0
+        self.departed = False  # the group being stopped lost a peer (its round waits out the peer's heartbeats)
         self.request_deadline: dict[str, float] = {}
         self.notice_deadline: float | None = None  # of the last request made durable
         self.done_at: float | None = None
@@ -524,13 +525,14 @@ class Simulation:
         if epoch != self.epoch or self.state != "training":
             return
         self.restarts["join"] += 1
-        self._stop_group()
+        self._stop_group(departed=False)
 
-    def _stop_group(self) -> float:
+    def _stop_group(self, departed: bool) -> float:
         """Every worker stops (SIGTERM); returns when their processes have exited. spotrain's workers first take a
         checkpoint (after any regular one still being written); it counts only once durable, and a peer lost
         before that fails it. Other trainers lose what is not committed. Then the survivors re-form."""
         self._advance()
+        self.departed = departed
         if not self.policy.checkpoint_on_sigterm:
             self._roll_back()
             self._halt()
@@ -561,7 +563,7 @@ class Simulation:
 
     def _form_after_stop(self, epoch: int) -> None:
         if epoch == self.epoch and self.state == "stopped":
-            self._form(0.0)
+            self._form(0.0, departed=self.departed)
 
     def _halt(self) -> None:
         self.epoch += 1
@@ -580,8 +582,9 @@ class Simulation:
                 self.interruptions[-1].lost_node_s += lost
         self.progress = self.committed
 
-    def _form(self, delay: float) -> None:
-        """The agents form a rendezvous round; the workers then start, restore and take their first step."""
+    def _form(self, delay: float, departed: bool = False) -> None:
+        """The agents form a rendezvous round; the workers then start, restore and take their first step. A round
+        that a peer left first waits out that peer's heartbeats (``departed``)."""
         agents = self._agents()
         self.epoch += 1
         if len(agents) < self.spec.min_nodes:
@@ -592,7 +595,8 @@ class Simulation:
         self.notice_deadline = None  # new worker processes: no request handled yet
         self.members = {p.name for p in agents[: self.spec.max_nodes]}
         self.progress = self.committed  # every worker restores the last committed checkpoint
-        self.round_closes = self.t + delay + self.costs.rendezvous_s
+        wait = self.costs.rendezvous_s + (self.costs.departed_peer_s if departed else 0.0)
+        self.round_closes = self.t + delay + wait
         c = self.costs
         self.at(self.round_closes + c.restart_s + c.restore_s + c.first_step_s, self._resume, self.epoch)
         self._record_world()
@@ -688,12 +692,12 @@ class Simulation:
         if name in self.members:
             if self.state == "training":
                 self.restarts["worker stopped"] += 1
-                return self._stop_group()
+                return self._stop_group(departed=True)
             if self.state == "stopping":
                 return self.stopping_until
             if self.state == "forming":
                 self._halt()
-                self._form(self.costs.stop_s)
+                self._form(self.costs.stop_s, departed=True)
         return self.t + self.costs.stop_s
 
     def _process_died(self, name: str) -> None:
@@ -716,7 +720,7 @@ class Simulation:
         self.restarts["peer lost"] += 1
         self._roll_back()
         self._halt()
-        self._form(0.0)
+        self._form(0.0, departed=True)
 
     def _schedule_finish(self) -> None:
         if self.state != "training" or not self.members:

@@ -58,13 +58,15 @@ def test_a_loss_without_notice_counts_the_steps_rolled_back(bench: ModuleType, t
 
 
 def test_summary_and_simulator_costs(bench: ModuleType) -> None:
-    samples = {"notice": [{"requested_s": 0.2, "durable_s": 0.9, "evicted_s": 1.2, "stop_and_rendezvous_s": 6.0,
-                           "import_s": 2.0, "process_group_s": 0.5, "restore_s": 0.3, "first_step_s": 0.4,
-                           "to_first_step_s": 9.0}],
-               "no_notice": [{"stop_and_rendezvous_s": 16.0}], "join": [], "rendezvous_loss": []}
+    samples = {"notice": [{"requested_s": 0.2, "durable_s": 0.9, "evicted_s": 1.2, "doomed_stopped_s": 2.2,
+                           "stop_and_rendezvous_s": 19.0, "import_s": 2.0, "process_group_s": 0.5, "restore_s": 0.3,
+                           "first_step_s": 0.4, "to_first_step_s": 23.0}],
+               "no_notice": [{"stop_and_rendezvous_s": 21.0}],
+               "join": [{"stop_and_rendezvous_s": 1.5, "last_old_step_after_s": 6.0, "pod_started_s": 4.0}],
+               "rendezvous_loss": []}
     summary = bench.summary(samples)
-    assert summary["notice"]["to_first_step_s"] == {"p50": 9.0, "p95": 9.0}
+    assert summary["notice"]["to_first_step_s"] == {"p50": 23.0, "p95": 23.0}
     costs = bench.simulator_costs(summary)
-    assert costs == {"operator_reaction_s": 0.2, "notice_checkpoint_s": 0.7, "operator_poll_s": 0.3,
-                     "stop_s": 0.0, "rendezvous_s": 6.0, "restart_s": 2.5, "restore_s": 0.3, "first_step_s": 0.4,
-                     "failure_detect_s": 10.0}
+    assert costs == {"operator_reaction_s": 0.2, "notice_checkpoint_s": 0.7, "operator_poll_s": 0.3, "stop_s": 1.0,
+                     "rendezvous_s": 0.5, "departed_peer_s": 17.5, "restart_s": 2.5, "restore_s": 0.3,
+                     "first_step_s": 0.4, "failure_detect_s": 2.0, "join_detect_s": 2.0}
