@@ -298,7 +298,7 @@ def simulator_costs(s: dict[str, Any]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in costs.items()}
 
 
-def run(cluster: DevCluster, workdir: Path, repeats: int) -> dict[str, Any]:
+def run(cluster: DevCluster, workdir: Path, repeats: int, rdzv_conf_extra: str) -> dict[str, Any]:
     api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
     core = client.CoreV1Api(api)
     namespace = "rescale-bench"
@@ -326,6 +326,8 @@ def run(cluster: DevCluster, workdir: Path, repeats: int) -> dict[str, Any]:
         container = manifest["spec"]["template"]["spec"]["containers"][0]
         container["args"] = ["bench/rescale_train.py", "--timeline", str(timeline.path)]
         container["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
+        if rdzv_conf_extra:
+            container["env"] = [{"name": "SPOTRAIN_RDZV_CONF_EXTRA", "value": rdzv_conf_extra}]
         manifest["spec"]["checkpoint"] = {"uri": f"s3://{BUCKET}/job", "s3": {"endpointURL": endpoint,
                                                                               "credentialsSecret": "s3"}}
         harness.start_operator()
@@ -351,7 +353,8 @@ def run(cluster: DevCluster, workdir: Path, repeats: int) -> dict[str, Any]:
         harness.cleanup()
     result = summary(bench.samples)
     return {"benchmark": "rescale", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "repeats": repeats, "cpus": os.cpu_count(), "load_average": os.getloadavg(), "phases": result,
+            "repeats": repeats, "rdzv_conf_extra": rdzv_conf_extra, "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(), "phases": result,
             "simulator_costs": simulator_costs(result), "samples": bench.samples,
             "job_status": {k: status.get(k) for k in ("preemptions", "failures", "lostSteps")}}
 
@@ -360,13 +363,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=HERE / "results" / "rescale.json")
+    p.add_argument("--rdzv-conf-extra", default="",
+                   help="extra torchrun --rdzv-conf for the workers (SPOTRAIN_RDZV_CONF_EXTRA), e.g. "
+                        "keep_alive_interval=1,keep_alive_max_attempt=3: what a faster rendezvous would buy")
     args = p.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="spotrain-rescale-"))
     cluster = DevCluster(workdir / "cluster")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cluster.start()
     try:
-        report = run(cluster, workdir, args.repeats)
+        report = run(cluster, workdir, args.repeats, args.rdzv_conf_extra)
     finally:
         cluster.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)
