@@ -40,6 +40,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 from prometheus_client import Counter
 
+from spotrain_operator import health
 from spotrain_operator.agent import node_marker
 from spotrain_operator.agent.interruption import (
     AWS_REBALANCE,
@@ -61,6 +62,10 @@ STATE_CHANGE = "EC2 Instance State-change Notification"
 HEALTH_EVENT = "AWS Health Event"
 GOING_STATES = frozenset({"shutting-down", "stopping", "stopped", "terminated"})
 SPOT_NOTICE = datetime.timedelta(seconds=120)
+LIVENESS_NAME = "aws-queue"
+# Between beats: a long poll (20 s) within botocore's read timeout (60 s), or the error backoff (60 s), or one
+# message (a Node list and a few reads and patches, each with its own timeout).
+LIVENESS_MAX_AGE = 300.0
 
 MESSAGES = Counter("spotrain_awsqueue_messages", "SQS messages handled by the AWS queue consumer, by outcome "
                    "(marked, unchanged, unknown_instance, ignored, malformed, failed, error, poison).", ["outcome"])
@@ -301,6 +306,7 @@ class AwsQueueConsumer:
         refreshed = [False]
         messages = resp.get("Messages")
         for message in messages if isinstance(messages, list) else []:
+            health.heartbeat(LIVENESS_NAME, LIVENESS_MAX_AGE)
             result.received += 1
             message_id = str(message.get("MessageId", ""))
             try:
@@ -412,9 +418,11 @@ class AwsQueueConsumer:
             log.debug("change_message_visibility failed: %s", e)
 
     def run(self, stop_event: threading.Event, error_backoff: float = 5.0) -> None:
-        """Polls until ``stop_event`` is set; a stop takes effect after the current long poll returns."""
+        """Polls until ``stop_event`` is set; a stop takes effect after the current long poll returns. Each round,
+        answered or failed, is a liveness heartbeat: a consumer stuck in a call makes /healthz fail."""
         failures = 0
         while not stop_event.is_set():
+            health.heartbeat(LIVENESS_NAME, LIVENESS_MAX_AGE)
             try:
                 self.poll_once()
                 failures = 0
@@ -424,6 +432,7 @@ class AwsQueueConsumer:
                     log.warning("cannot read the interruption queue %s (%d failures in a row), retrying: %s",
                                 self.queue_url, failures, _short(e))
                 stop_event.wait(min(error_backoff * failures, 60.0))
+        health.LIVENESS.forget(LIVENESS_NAME)
 
 
 def _short(e: BaseException) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from spotrain_operator import awsqueue
+from spotrain_operator import health as liveness
 from spotrain_operator.agent.interruption import AWS_REBALANCE, AWS_SCHEDULED, AWS_SPOT_ITN, AWS_STATE_CHANGE
 from spotrain_operator.awsqueue import AwsQueueConsumer, MalformedMessage, instance_id_from_provider_id, parse_message
 from spotrain_operator.core.model import NodeView
@@ -344,3 +346,30 @@ def test_refining_the_agents_mark_leaves_it_the_agents() -> None:
     assert "spec" not in patch and QUEUE_EVENT_ANNOTATION not in patch["metadata"]["annotations"]
     view = NodeView.from_body(client.ApiClient().sanitize_for_serialization(core.node))
     assert node_notice(view, NOW, {"agent"}, False) is not None
+
+
+def test_the_consumer_beats_for_liveness_while_it_runs_and_stops_being_judged_when_stopped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(liveness, "LIVENESS", liveness.Liveness(lambda: clock[0]))
+    beats: list[str] = []
+    beat = liveness.heartbeat
+
+    def recorded(name: str, max_age: float) -> None:
+        beats.append(name)
+        beat(name, max_age)
+
+    monkeypatch.setattr(liveness, "heartbeat", recorded)
+    stop = threading.Event()
+
+    class StoppingSQS(FakeSQS):
+        def receive_message(self, **kwargs: Any) -> dict[str, Any]:
+            stop.set()
+            clock[0] = awsqueue.LIVENESS_MAX_AGE + 1  # the long poll took longer than a beat may be apart
+            assert liveness.LIVENESS.stale() == {awsqueue.LIVENESS_NAME: clock[0]}
+            return super().receive_message(**kwargs)
+
+    AwsQueueConsumer(FakeCore(), "q", sqs_client=StoppingSQS([message("good", SPOT)])).run(stop)
+    assert beats == [awsqueue.LIVENESS_NAME] * 2  # the round, and its one message
+    clock[0] += 10 * awsqueue.LIVENESS_MAX_AGE
+    assert liveness.LIVENESS.stale() == {}  # stopped on purpose: no longer judged
