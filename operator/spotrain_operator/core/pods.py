@@ -206,7 +206,7 @@ def render_worker(
             "topologyKey": wk.HOSTNAME,
         }
     )
-    _restricted_defaults(pod_spec)
+    apply_restricted_defaults(pod_spec)
     trainer = pod_spec["containers"][0]
     # The image's entry point may be anything; the trainer's contract is spotrain-launch. A template that sets
     # its own command keeps it (it must then run spotrain-launch itself, see docs/security.md).
@@ -240,7 +240,7 @@ def render_worker(
     }
 
 
-def _restricted_defaults(pod_spec: dict[str, Any]) -> None:
+def apply_restricted_defaults(pod_spec: dict[str, Any]) -> None:
     """Pod Security "restricted" settings wherever the template leaves them unset and they cannot change what an
     image does: seccomp RuntimeDefault, no privilege escalation, all capabilities dropped. A template that sets
     any of them (a capability it needs, a privileged container) keeps its own."""
