@@ -581,7 +581,14 @@ class Demo:
         fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 6), height_ratios=[3, 1])
         top.plot([r["time"] - t0 for r in steps], [r["step"] for r in steps], ".", markersize=2)
         top.set_ylabel("step")
-        bottom.step([r["time"] - t0 for r in steps], [r["world_size"] for r in steps], where="post")
+        times, worlds = [], []
+        for previous, r in zip([None, *steps], steps, strict=False):
+            if previous is not None and r["time"] - previous["time"] > 1.0:  # no step for a while: not training
+                times.append(previous["time"] - t0 + 0.5)
+                worlds.append(0)
+            times.append(r["time"] - t0)
+            worlds.append(r["world_size"])
+        bottom.step(times, worlds, where="post")
         bottom.set_ylabel("world size")
         bottom.set_xlabel("seconds")
         bottom.set_ylim(0, 4)
