@@ -452,9 +452,10 @@ def test_install_places_pods_grants_rbac_and_uninstalls_cleanly(
     assert can_i(devcluster, operator_sa, "create", "pods", "--subresource=eviction", "-n", "default")
     assert can_i(devcluster, operator_sa, "create", "pods", "-n", "default")
     assert can_i(devcluster, operator_sa, "watch", "spotrainingjobs.spotrain.dev", "--all-namespaces")
-    assert can_i(devcluster, operator_sa, "patch", "spotrainingjobs.spotrain.dev", "--subresource=status")
+    # the status is replaced with the resourceVersion read (optimistic concurrency): update, not patch
+    assert can_i(devcluster, operator_sa, "update", "spotrainingjobs.spotrain.dev", "--subresource=status")
     assert can_i(devcluster, operator_sa, "patch", "nodes")
-    assert can_i(devcluster, operator_sa, "create", "events.events.k8s.io", "-n", "default")
+    assert can_i(devcluster, operator_sa, "create", "events", "-n", "default")
     assert can_i(devcluster, operator_sa, "update", "leases.coordination.k8s.io", "-n", namespace)
     assert not can_i(devcluster, operator_sa, "update", "leases.coordination.k8s.io", "-n", "kube-system")
     assert not can_i(devcluster, operator_sa, "get", "secrets", "-n", namespace)
