@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
 
 from spotrain_operator import metrics
 
@@ -41,8 +42,8 @@ def test_forget_job_removes_every_per_job_series_and_keeps_other_jobs() -> None:
 
 def test_every_metric_labelled_by_job_is_forgotten() -> None:
     """A metric added later with namespace and job labels but missing from PER_JOB_METRICS would outlive jobs."""
-    labelled = {m._name for m in REGISTRY._collector_to_names  # type: ignore[attr-defined]
-                if {"namespace", "job"} <= set(getattr(m, "_labelnames", ()))}
+    defined = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    labelled = {m._name for m in defined if {"namespace", "job"} <= set(m._labelnames)}
     assert labelled == {m._name for m in metrics.PER_JOB_METRICS}
 
 
