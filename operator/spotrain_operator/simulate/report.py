@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,27 @@ def sweep_table(market: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+BIN_S = 600.0
+
+
+def binned_world(world: list[tuple[float, int]], end: float, bin_s: float) -> tuple[list[float], list[float]]:
+    """The world-size step function averaged over bins of ``bin_s`` seconds (hours, mean size per bin)."""
+    xs, ys = [], []
+    points = [*world, (end, 0)]
+    start = 0.0
+    while start < end:
+        stop = min(end, start + bin_s)
+        area = 0.0
+        for (t, size), (t_next, _) in itertools.pairwise(points):
+            overlap = min(stop, t_next) - max(start, t)
+            if overlap > 0:
+                area += overlap * size
+        xs.append(start / 3600.0)
+        ys.append(area / (stop - start))
+        start = stop
+    return xs, ys
+
+
 def plots(comparisons: Sequence[Comparison], sweeps: dict[str, list[dict[str, Any]]], out: Path) -> list[Path]:
     """goodput.png and cost.png (by policy and market), world-<market>.png (world size over time),
     sweep-<market>.png. Returns the files written; none without matplotlib."""
@@ -86,14 +108,14 @@ def plots(comparisons: Sequence[Comparison], sweeps: dict[str, list[dict[str, An
         plt.close(fig)
         written.append(out / filename)
     for c in comparisons:
-        fig, ax = plt.subplots(figsize=(9, 4))
-        for name, r in c.results.items():
-            xs = [t / 3600.0 for t, _ in r.world]
-            ax.step(xs, [w for _, w in r.world], where="post", label=name, linewidth=0.8)
-        ax.set_xlabel("hours")
-        ax.set_ylabel("world size (nodes training)")
-        ax.set_title(c.market.name)
-        ax.legend(fontsize="small")
+        fig, axes = plt.subplots(len(c.results), 1, figsize=(9, 1.6 * len(c.results) + 1), sharex=True, squeeze=False)
+        for ax, (name, r) in zip(axes[:, 0], c.results.items(), strict=True):
+            xs, ys = binned_world(r.world, r.elapsed_s, BIN_S)
+            ax.step(xs, ys, where="post", linewidth=0.8)
+            ax.set_ylim(0, c.market.job_nodes * 1.1)
+            ax.set_ylabel(name, fontsize="small")
+        axes[-1, 0].set_xlabel(f"hours (mean world size per {BIN_S / 60:.0f} minutes)")
+        axes[0, 0].set_title(f"{c.market.name}: nodes training")
         fig.tight_layout()
         path = out / f"world-{c.market.name}.png"
         fig.savefig(path, dpi=100)
