@@ -5,6 +5,7 @@ preemptions cost, by running spotrain's own decisions over a simulated (or repla
     spotrain simulate --scenario aws_32n_0.6ph --policy spotrain --policy baseline_ckpt30 --work-hours 12
     spotrain simulate --scenario aws_32n_0.6ph --trace my-trace.csv   # replay a trace (format: --help-trace)
     spotrain simulate --state-gb 40 --bandwidth-gb-s 2                # a bigger model's checkpoints
+    spotrain simulate --set fallback.returnToSpot=false --set elastic.scaleUpWindow=60s   # your job's settings
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from spotrain_operator.api import SpecError
 from spotrain_operator.simulate import market as markets
 from spotrain_operator.simulate.compare import DEFAULT_SWEEP, DEFAULT_WORK_HOURS, compare, sweep, trace_for
 from spotrain_operator.simulate.costs import Costs
-from spotrain_operator.simulate.policies import POLICIES
+from spotrain_operator.simulate.policies import POLICIES, job_spec, parse_override
 from spotrain_operator.simulate.report import plots, sweep_table, table
 
 REFERENCE_SCENARIOS = ("aws_32n_0.6ph", "aws_8n_0.06ph", "gcp_32n_0.6ph")
@@ -43,6 +45,27 @@ def _cost_override(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"--cost {text!r}: {value!r} is not a number of seconds") from None
 
 
+def _override(text: str) -> tuple[str, Any]:
+    try:
+        return parse_override(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--set {e}") from None
+
+
+def _check_spec(market: markets.Market, overrides: list[tuple[str, Any]]) -> str | None:
+    """Parses the spotrain policy's spec with the overrides before anything runs; the problem, if any."""
+    try:
+        job_spec(dataclasses.replace(POLICIES["spotrain"], spec_overrides=tuple(overrides)), market, market.job_nodes)
+    except SpecError as e:
+        return f"--set: {e}"
+    except (ValueError, KeyError, TypeError) as e:
+        # parse_spec trusts the CRD schema for types; a --set bypasses it, so name what was set.
+        fields = ", ".join(f"spec.{path}" for path, _ in overrides)
+        return (f"--set {fields}: the spec does not parse ({type(e).__name__}: {e}); give each field the type "
+                "`kubectl explain stj.spec` shows")
+    return None
+
+
 def simulate_parser(sub: Any) -> None:
     p = sub.add_parser("simulate", help="simulate policies over a spot market with spotrain's own decisions",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,6 +83,9 @@ def simulate_parser(sub: Any) -> None:
     p.add_argument("--bandwidth-gb-s", type=float, default=1.0, help="checkpoint storage bandwidth (GB/s)")
     p.add_argument("--cost", action="append", type=_cost_override, default=[], metavar="NAME=SECONDS",
                    help="override one rescale cost (e.g. rendezvous_s=3); see the JSON's costs")
+    p.add_argument("--set", action="append", type=_override, default=[], metavar="FIELD=VALUE", dest="spec_set",
+                   help="change the spotrain policy's SpotTrainingJob spec (dotted path, YAML value; repeatable), "
+                        "e.g. fallback.returnToSpot=false or placement.cooldown=10m")
     p.add_argument("--sweep", type=_floats, default=list(DEFAULT_SWEEP),
                    help="per-event overhead factors for the what-if sweep (default %(default)s)")
     p.add_argument("--no-sweep", action="store_true")
@@ -99,11 +125,16 @@ def run_simulate(args: argparse.Namespace) -> int:
             return 2
         if args.write_trace:
             args.write_trace.write_text(markets.write_csv(trace))
+        if args.spec_set:
+            problem = _check_spec(market, args.spec_set)
+            if problem:
+                print(f"spotrain simulate: {problem}", file=sys.stderr)
+                return 2
         comparisons.append(compare(market, policies, seed=args.seed, work_hours=args.work_hours, costs=costs,
-                                   trace=trace, progress=progress))
+                                   trace=trace, spotrain_spec=args.spec_set, progress=progress))
         if not args.no_sweep and args.sweep:
             sweeps[name] = sweep(market, args.sweep, seed=args.seed, work_hours=args.work_hours, costs=costs,
-                                 trace=trace, progress=progress)
+                                 trace=trace, spotrain_spec=args.spec_set, progress=progress)
     print(table(comparisons))
     for name, rows in sweeps.items():
         print(sweep_table(name, rows))

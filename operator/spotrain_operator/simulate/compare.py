@@ -14,6 +14,7 @@ Metrics (per policy and market):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,9 +99,17 @@ def _limit_hours(work_hours: float) -> float:
     return max(24.0, 4.0 * work_hours)
 
 
+def _policy(name: str, spotrain_spec: Sequence[tuple[str, Any]]) -> Policy:
+    p = policy(name)
+    return dataclasses.replace(p, spec_overrides=tuple(spotrain_spec)) if name == "spotrain" and spotrain_spec else p
+
+
 def compare(market: Market, names: Sequence[str], *, seed: int = 1, work_hours: float = DEFAULT_WORK_HOURS,
             costs: Costs | None = None, trace: list[MarketEvent] | None = None,
+            spotrain_spec: Sequence[tuple[str, Any]] = (),
             progress: Callable[[str], None] | None = None) -> Comparison:
+    """Every policy in ``names`` (and on_demand, the reference) on one trace; ``spotrain_spec`` changes the
+    spotrain policy's spec (("fallback.returnToSpot", False), ...)."""
     costs = costs or Costs()
     trace = trace_for(market, seed, work_hours) if trace is None else trace
     wanted = list(names)
@@ -110,14 +119,14 @@ def compare(market: Market, names: Sequence[str], *, seed: int = 1, work_hours: 
     for name in wanted:
         if progress:
             progress(f"{market.name}: {name}")
-        results[name] = simulate(market, policy(name), trace, costs, work_hours=work_hours,
+        results[name] = simulate(market, _policy(name, spotrain_spec), trace, costs, work_hours=work_hours,
                                  max_hours=_limit_hours(work_hours))
     return Comparison(market, seed, work_hours, costs, trace, results)
 
 
 def sweep(market: Market, factors: Sequence[float], *, seed: int = 1, work_hours: float = DEFAULT_WORK_HOURS,
           costs: Costs | None = None, trace: list[MarketEvent] | None = None,
-          names: Sequence[str] = ("spotrain",),
+          names: Sequence[str] = ("spotrain",), spotrain_spec: Sequence[tuple[str, Any]] = (),
           progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """Goodput and cost ratio as the per-event overhead (stop, rendezvous, restart, restore, first step, failure
     detection) is scaled: how much a faster rescale would buy."""
@@ -132,7 +141,7 @@ def sweep(market: Market, factors: Sequence[float], *, seed: int = 1, work_hours
         for name in names:
             if progress:
                 progress(f"{market.name}: {name} with per-event overhead x{factor:g}")
-            s = summarize(simulate(market, policy(name), trace, scaled, work_hours=work_hours,
+            s = summarize(simulate(market, _policy(name, spotrain_spec), trace, scaled, work_hours=work_hours,
                                    max_hours=_limit_hours(work_hours)), reference)
             row[name] = {"goodput": s["goodput"], "cost_ratio": s.get("cost_ratio")}
         rows.append(row)

@@ -14,8 +14,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import yaml
 
 from spotrain_operator.api import SOURCE_NAMES, JobSpec, parse_spec
 from spotrain_operator.simulate.market import Market
@@ -32,6 +35,8 @@ class Policy:
     elastic: bool  # min < max: survivors carry on at a smaller world size
     fallback: bool
     on_demand_only: bool = False
+    # Changes to the spec as ("spec.path.to.field", value), applied last (spotrain simulate --set).
+    spec_overrides: tuple[tuple[str, Any], ...] = ()
 
     @property
     def checkpoint_on_sigterm(self) -> bool:
@@ -82,5 +87,28 @@ def spec_body(p: Policy, market: Market, nodes: int) -> dict[str, Any]:
     return spec
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """``elastic.scaleUpWindow=60s`` -> ("elastic.scaleUpWindow", "60s"); the value is read as YAML."""
+    path, sep, value = text.partition("=")
+    if not sep or not path.strip() or any(not part for part in path.strip().split(".")):
+        raise ValueError(f"{text!r}: write FIELD=VALUE with the field as a dotted path of the spec, e.g. "
+                         "fallback.returnToSpot=false")
+    return path.strip(), yaml.safe_load(value)
+
+
+def apply_overrides(body: dict[str, Any], overrides: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    for path, value in overrides:
+        *parents, leaf = path.split(".")
+        node = body
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"spec.{path}: spec.{part} is not an object")
+            node = child
+        node[leaf] = value
+    return body
+
+
 def job_spec(p: Policy, market: Market, nodes: int) -> JobSpec:
-    return parse_spec(spec_body(p, market, nodes))
+    """The policy's spec, parsed by the operator's own parser (errors name the field)."""
+    return parse_spec(apply_overrides(spec_body(p, market, nodes), p.spec_overrides))

@@ -50,3 +50,28 @@ def test_unknown_cost_names_the_known_ones(capsys: pytest.CaptureFixture[str]) -
     with pytest.raises(SystemExit):
         main(["simulate", "--cost", "warp_s=1"])
     assert "unknown cost 'warp_s'" in capsys.readouterr().err
+
+
+def test_set_changes_the_spotrain_spec(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["simulate", "--scenario", "aws_8n_0.06ph", "--policy", "spotrain", "--work-hours", "0.2",
+                 "--no-sweep", "--no-plots", "--set", "fallback.returnToSpot=false",
+                 "--set", "elastic.scaleUpWindow=60s", "--out", str(out)]) == 0
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("elastic.scaleUpWindow=soon", "spec.elastic.scaleUpWindow: 'soon' is not a duration"),
+    ("placement.pools=3", "--set"),
+])
+def test_set_errors_name_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str,
+                                   message: str) -> None:
+    code = main(["simulate", "--scenario", "aws_8n_0.06ph", "--policy", "spotrain", "--work-hours", "0.2",
+                 "--no-sweep", "--no-plots", "--set", setting, "--out", str(tmp_path)])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_set_needs_a_field_and_a_value(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["simulate", "--set", "returnToSpot"])
+    assert "FIELD=VALUE" in capsys.readouterr().err
