@@ -123,10 +123,14 @@ def object_exists(s3: Any, bucket: str, key: str) -> bool:
         return False
 
 
-def trainer_status(ip: str, port: int = CONTROL_PORT, timeout: float = 1.0) -> dict[str, Any] | None:
-    """A worker's ``GET /status`` (None while its control server is not up)."""
+def trainer_status(ip: str, port: int = CONTROL_PORT, timeout: float = 1.0,
+                   token: str | None = None) -> dict[str, Any] | None:
+    """A worker's ``GET /status`` (None while its control server is not up, or refuses without the job's
+    control ``token``)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(f"http://{ip}:{port}/status", timeout=timeout) as response:
+        request = urllib.request.Request(f"http://{ip}:{port}/status", headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return dict(json.loads(response.read()))
     except (OSError, ValueError):
         return None
