@@ -153,13 +153,25 @@ class DevCluster:
                 "--v=0",
             ],
         )
-        context = _client_tls(certs)
+        self._apiserver_tls = _client_tls(certs)
+        self._wait_apiserver_ready()
+
+    def _wait_apiserver_ready(self) -> None:
         processes.wait_until(
             "kube-apiserver /readyz",
-            lambda: _http_ok(f"{self.apiserver_url}/readyz", context),
+            lambda: _http_ok(f"{self.apiserver_url}/readyz", self._apiserver_tls),
             self.processes,
             180,
         )
+
+    def restart_apiserver(self) -> None:
+        """Stops kube-apiserver and starts it again on the same port and store, as a control-plane upgrade or a
+        crash does; clients see refused connections and broken watches meanwhile (fault-injection tests)."""
+        old = next(p for p in self.processes if p.name == "kube-apiserver")
+        old.stop()
+        self.processes.remove(old)
+        self._spawn("kube-apiserver", list(old.popen.args))  # type: ignore[arg-type]
+        self._wait_apiserver_ready()
 
     def _write_kubeconfig(self, certs: pki.ClusterPKI) -> None:
         def b64(path: Path) -> str:

@@ -24,7 +24,7 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
-from spotrain_operator import health
+from spotrain_operator import health, metrics
 from spotrain_operator.cluster import Cluster
 from spotrain_operator.control_auth import ControlKey, load_or_create_key
 from spotrain_operator.controllers import jobs  # importing registers the handlers
@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         ready.set()  # a standby replica is healthy and ready; it just does not act
         elector.acquire()
         elector.keep()
+    metrics.set_leader(True)  # the Lease holder, or the only replica (alerts fire when no replica leads)
     control_key = (ControlKey.from_file(args.control_key_file) if args.control_key_file
                    else load_or_create_key(api_client, args.leader_election_namespace))
     jobs.RUNTIME = jobs.Runtime(Cluster(api_client), resync_seconds=args.resync, control_key=control_key)

@@ -26,7 +26,8 @@ RECONCILES = Counter("spotrain_reconciles_total", "Reconcile passes by result (o
 RESCALES = Counter("spotrain_rescales_total", "Scale changes (workers created or removed in one decision)",
                    ["namespace", "job"])
 FALLBACKS = Counter("spotrain_fallbacks_total", "Workers placed on the on-demand fallback pool", ["namespace", "job"])
-PREEMPTIONS = Counter("spotrain_preemptions_total", "Workers lost to spot interruptions", ["namespace", "job", "pool"])
+PREEMPTIONS = Counter("spotrain_preemptions_total", "Workers lost to spot interruptions",
+                      ["namespace", "job", "pool", "zone"])
 CHECKPOINT_REQUESTS = Counter("spotrain_checkpoint_requests_total", "Coordinated checkpoints requested on notice",
                               ["namespace", "job"])
 DRAIN_OUTCOMES = ("durable", "deadline", "unreachable")
@@ -70,7 +71,7 @@ def record_job(namespace: str, name: str, phase: str, workers: list[tuple[str, s
         WORKERS.remove(namespace, name, pool, zone, capacity)
     for (pool, zone, capacity), count in current.items():
         WORKERS.labels(namespace, name, pool, zone, capacity).set(count)
-        PREEMPTIONS.labels(namespace, name, pool)  # at 0, so that the first preemption there is an increase
+        PREEMPTIONS.labels(namespace, name, pool, zone)  # at 0, so that the first preemption there is an increase
     _workers[key] = current
     _refresh_phases()
 

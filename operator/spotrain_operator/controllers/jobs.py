@@ -331,9 +331,11 @@ async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: 
                 case act.DeletePod(pod, reason, grace):
                     await asyncio.to_thread(cluster.delete_pod, namespace, pod, grace, reason)
                     removed += 1
-                case act.EvictPod(pod, grace):
+                case act.EvictPod(pod, grace, outcome, requested_at):
                     await asyncio.to_thread(cluster.evict_pod, namespace, pod, grace)
                     removed += 1
+                    if outcome and requested_at:
+                        metrics.record_drain(namespace, name, outcome, (observed.now - requested_at).total_seconds())
                 case act.RequestCheckpoint():
                     pass  # sent first, above
                 case act.MarkNodeDrained(node):
@@ -369,7 +371,8 @@ def _export(observed: Observed, status: Mapping[str, Any]) -> None:
     for pool_zone, count in (status.get("preemptionsByPool") or {}).items():
         before = observed.status.preemptions_by_pool.get(pool_zone, 0)
         if count > before:
-            metrics.PREEMPTIONS.labels(namespace, name, pool_zone.split("/", 1)[0]).inc(count - before)
+            pool, _, zone = pool_zone.partition("/")
+            metrics.PREEMPTIONS.labels(namespace, name, pool, zone).inc(count - before)
     metrics.record_job(namespace, name, str(status.get("phase", "")), [
         (w.pool, w.zone, "spot" if any(p.name == w.pool and p.spot for p in observed.spec.pools) else "on-demand")
         for w in observed.pods if w.role == "worker" and w.active and w.phase == "Running"

@@ -3,6 +3,7 @@ is gone or evicting what is already terminating is a no-op, so a reconcile may b
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ class DeletePod:
 class EvictPod:
     name: str
     grace_seconds: int
+    outcome: str = ""  # why now: durable | unreachable | deadline (metrics.DRAIN_OUTCOMES)
+    requested_at: datetime.datetime | None = None  # when the checkpoint was requested, for notice-to-drain
 
 
 @dataclass(frozen=True)

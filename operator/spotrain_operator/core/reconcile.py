@@ -509,7 +509,9 @@ class _Reconcile:
                 self.lost_steps += max(0, trainer.step - trainer.checkpoint_step)
             self.record_preemption(worker, f"interruption notice ({d.source}), drained: {why}")
             self.removed.add(worker.name)
-            self.actions.append(act.EvictPod(worker.name, _grace_seconds(d.deadline, self.now, margin)))
+            outcome = "durable" if durable else "unreachable" if unreachable else "deadline"
+            self.actions.append(act.EvictPod(worker.name, _grace_seconds(d.deadline, self.now, margin), outcome,
+                                             d.requested_at))
 
     def _request_again(self, drain: Drain, live: Sequence[PodView]) -> None:
         """A checkpoint request a worker answered with an error, or never received, is sent again until the
