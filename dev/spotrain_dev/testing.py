@@ -6,6 +6,7 @@ only them) and operators watching only that namespace; everything is removed aft
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -22,11 +23,13 @@ from typing import Any
 
 import yaml
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from spotrain_dev.cluster import DevCluster
 from spotrain_dev.nodes import NodeSimulator
 from spotrain_dev.processes import die_with_parent
 from spotrain_operator import wellknown as wk
+from spotrain_operator.core.pods import CONTROL_TOKEN_KEY, JobRef
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_LABEL = "test.spotrain.dev/namespace"
@@ -137,6 +140,17 @@ class Harness:
     def running_workers(self, job: str = "job") -> list[client.V1Pod]:
         pods = self.pods("worker", job)
         return [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
+
+    def control_token(self, name: str = "job") -> str | None:
+        """The job's control-endpoint token, from the Secret the operator made for its workers (None before)."""
+        job = self.job(name)
+        ref = JobRef(name, self.namespace, job["metadata"]["uid"])
+        try:
+            secret = self.core.read_namespaced_secret(ref.control_secret, self.namespace)
+        except ApiException:
+            return None
+        value = (secret.data or {}).get(CONTROL_TOKEN_KEY)
+        return base64.b64decode(value).decode() if value else None
 
     def node_zone(self, node: str) -> str:
         return str(self.core.read_node(node).metadata.labels[wk.ZONE])

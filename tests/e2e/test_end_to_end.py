@@ -59,7 +59,7 @@ def test_spot_interruption_checkpoints_evicts_and_the_survivors_finish(
     def on_event(event: RunnerEvent) -> None:
         if event.kind == "terminating" and event.pod == doomed_pod.get("name") and not evicted.is_set():
             at_eviction["commits"] = commits(s3, BUCKET, "job")
-            at_eviction["status"] = trainer_status(doomed_pod["ip"], timeout=5)
+            at_eviction["status"] = trainer_status(doomed_pod["ip"], timeout=5, token=doomed_pod["token"])
             evicted.set()
 
     podrunner.on_event = on_event
@@ -84,14 +84,17 @@ def test_spot_interruption_checkpoints_evicts_and_the_survivors_finish(
     workers = harness.running_workers()
     assert len(workers) == 3
 
+    token = harness.control_token()
+
     def ranks_now() -> dict[str, int] | None:
-        ranks = {w.metadata.name: (trainer_status(w.status.pod_ip, timeout=5) or {}).get("rank") for w in workers}
+        ranks = {w.metadata.name: (trainer_status(w.status.pod_ip, timeout=5, token=token) or {}).get("rank")
+                 for w in workers}
         return None if None in ranks.values() else {k: int(v) for k, v in ranks.items() if v is not None}
 
     ranks = wait_for("every worker's rank at its control endpoint", ranks_now, timeout=60)
     assert sorted(ranks.values()) == [0, 1, 2], ranks
     doomed = next(w for w in workers if ranks[w.metadata.name] == DOOMED_RANK)
-    doomed_pod.update(name=doomed.metadata.name, ip=doomed.status.pod_ip)
+    doomed_pod.update(name=doomed.metadata.name, ip=doomed.status.pod_ip, token=token or "")
     survivors = [w.metadata.name for w in workers if w.metadata.name != doomed.metadata.name]
 
     # The notice ends the hold: every rank takes the coordinated checkpoint at the next step boundary.
