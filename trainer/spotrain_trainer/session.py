@@ -50,6 +50,7 @@ from .checkpoint.dcp import Checkpointer, CheckpointRecord
 from .checkpoint.storage import open_storage
 from .config import TrainerConfig
 from .constants import EXIT_CHECKPOINTED_ON_NOTICE, EXIT_NOTICE_CHECKPOINT_FAILED
+from .failures import record_script_failures
 from .interval import IntervalPolicy
 from .notice import (
     CheckpointRequest,
@@ -352,6 +353,8 @@ class Session:
             checkpoint_interval_seconds=self._interval_for_status(),
         )
         self.status.flush(force=True)
+        # A crash of the script itself is counted against the job's failure budget; a peer's loss is not.
+        record_script_failures(self.status, lambda: self.step)
         log.info(
             "session: rank %d/%d local_rank %d restart %d, checkpoints in %s",
             self.rank,

@@ -20,6 +20,7 @@ _CARRIED = (
     "checkpoint_failures_total",
     "stall_seconds_total",
     "rendezvous_round",
+    "script_failures",
 )
 
 
@@ -45,6 +46,8 @@ def default_status(job: str, pod: str) -> dict[str, Any]:
         "checkpoint_failures_total": 0,
         "stall_seconds_total": 0.0,
         "error": None,
+        "error_step": None,
+        "script_failures": 0,  # uncaught exceptions of the script itself in this pod, across restarts (failures.py)
         "pid": None,
         "updated_at": None,
         "updated_unix": None,

@@ -251,6 +251,8 @@ class JobStatus:
     completion_time: datetime.datetime | None = None
     drains: Mapping[str, Drain] = field(default_factory=dict)
     last_checkpoint: Mapping[str, Any] = field(default_factory=dict)
+    script_failures: Mapping[str, int] = field(default_factory=dict)  # pod -> script crashes it reported
+    last_error: str = ""  # the training script's last reported error
     # Reported only: derived from the observed pods on every pass.
     selector: str = ""
     ready_workers: int = 0
@@ -287,6 +289,8 @@ class JobStatus:
             completion_time=parse_time(status.get("completionTime")),
             drains=drains,
             last_checkpoint=dict(status.get("lastCheckpoint") or {}),
+            script_failures={str(k): _int(v) for k, v in (status.get("scriptFailures") or {}).items()},
+            last_error=str(status.get("lastError") or ""),
             selector=str(status.get("selector", "")),
             ready_workers=_int(status.get("readyWorkers")),
             desired_workers=_int(status.get("desiredWorkers")),
@@ -319,6 +323,8 @@ class JobStatus:
             "drains": {n: d.to_body() for n, d in sorted(self.drains.items())},
             "cost": dict(self.cost),
             "lastCheckpoint": dict(self.last_checkpoint) or None,
+            "scriptFailures": dict(self.script_failures) or None,
+            "lastError": self.last_error or None,
             "pendingSince": self.pending_since,
             "scaleUpAfter": self.scale_up_after,
             "startTime": self.start_time,

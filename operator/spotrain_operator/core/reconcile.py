@@ -57,6 +57,8 @@ class TrainerStatus:
     completed: bool = False
     pending_request_id: str | None = None  # a request the pod holds but has not made durable yet
     handled_request_id: str | None = None
+    script_failures: int | None = None  # the training script's own crashes in this pod, across restarts
+    error: str | None = None  # the last of them
 
     def knows(self, request_id: str) -> bool:
         """The pod holds this checkpoint request, or has already answered it."""
@@ -77,6 +79,8 @@ class TrainerStatus:
             completed=body.get("completed") is True,
             pending_request_id=_str(pending.get("id")),
             handled_request_id=_str(body.get("handled_request_id")),
+            script_failures=_count(body.get("script_failures")),
+            error=_str(body.get("error")),
         )
 
 
@@ -158,6 +162,8 @@ class _Reconcile:
         self.message = ""
         self.store_move: str | None = None  # why the rendezvous store moves this pass (a drain of its node is due)
         self.errors: list[str] = []
+        self.script_failures = dict(s.script_failures)
+        self.last_error = s.last_error
 
     # -- helpers --------------------------------------------------------------------------------------------
 
@@ -227,6 +233,7 @@ class _Reconcile:
         else:
             self.step("orphans", self.collect_orphans)
             self.step("accounting", self.account_lost_workers)
+            self.step("script failures", self.count_script_failures)
             if not self.over_budget():
                 # Drains first: whatever fails further on, a notice still gets its checkpoint and its eviction.
                 self.step("drain", self.drain)
@@ -334,10 +341,32 @@ class _Reconcile:
             elif w.deleting and drained:
                 self.record_preemption(w, "evicted after an interruption notice")
 
+    def count_script_failures(self) -> None:
+        """The training script's own crashes, as the workers report them (torchrun restarts the worker group
+        whatever failed, so a script that crashes at the same step every time never fails its pod). A crash that
+        hits every rank at once is one failure, not one per pod; a peer's loss is not reported as one."""
+        new: list[int] = []
+        for pod, trainer in self.o.trainers.items():
+            if trainer is None or trainer.script_failures is None:
+                continue
+            seen = self.script_failures.get(pod, 0)
+            if trainer.script_failures > seen:
+                new.append(trainer.script_failures - seen)
+                self.last_error = (trainer.error or "unknown error")[:1024]
+            self.script_failures[pod] = trainer.script_failures
+        present = {p.name for p in self.o.pods}
+        self.script_failures = {pod: n for pod, n in self.script_failures.items() if pod in present}
+        if new:
+            self.failures += max(new)
+            self.event("WorkerFailed", f"the training script failed ({self.last_error}); failures "
+                       f"{self.failures}/{self.spec.max_failures}", warning=True)
+
     def over_budget(self) -> bool:
         why = None
         if self.failures > self.spec.max_failures:
             why = f"{self.failures} worker failures exceed spec.budgets.maxFailures={self.spec.max_failures}"
+            if self.last_error:
+                why += f"; last error: {self.last_error}"
         elif self.spec.max_preemptions is not None and self.preemptions > self.spec.max_preemptions:
             why = f"{self.preemptions} preemptions exceed spec.budgets.maxPreemptions={self.spec.max_preemptions}"
         if why is None:
@@ -786,6 +815,8 @@ class _Reconcile:
             workers={"byPool": dict(Counter(w.pool for w in running)), "byZone": dict(Counter(w.zone for w in running)),
                      "byCapacityType": dict(Counter(capacity_types))},
             cost=self._cost(all_live),
+            script_failures=self.script_failures,
+            last_error=self.last_error,
         ).to_body()
 
 

@@ -169,8 +169,8 @@ def test_every_job_comes_back_after_a_zone_loss(harness: Harness) -> None:
         manifest["spec"]["elastic"]["scaleUpWindow"] = "2s"
         del manifest["spec"]["fallback"]
         harness.create_job(manifest)
-    for name in jobs:
-        wait_for(f"{name} at 3", lambda name=name: harness.status(name).get("readyWorkers") == 3, timeout=120)
+    wait_for("every job at 3", lambda: all(harness.status(name).get("readyWorkers") == 3 for name in jobs),
+             timeout=120)
     lost_zone = ZONES[0]
     lost = [n for n in [*spot, *stable] if harness.node_zone(n) == lost_zone]
     serial_before = {name: harness.status(name)["podSerial"] for name in jobs}

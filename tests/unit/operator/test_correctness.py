@@ -312,3 +312,29 @@ def test_a_store_lost_without_notice_starts_a_new_round_and_says_what_was_lost()
     (lost,) = events(d, "RendezvousLost")
     assert "12 steps since the checkpoint of step 40 are lost" in lost.message
     assert created(d) and d.status["rendezvous"]["round"] == 2
+
+
+# -- the training script's own crashes count against the failure budget ---------------------------------------
+
+def test_a_script_crashing_at_the_same_step_fails_the_job_after_max_failures() -> None:
+    s = spec(elastic__maxNodes=3, budgets={"maxFailures": 2})
+    pods = three_workers()
+    status = JobStatus(round=1, serial=10)
+    crash = "ValueError: the same bug at step 17"
+    for n in range(1, 4):  # each crash hits every rank: one failure per crash, not one per pod
+        reported = {w: TrainerStatus(step=17, script_failures=n, error=crash) for w in ("w0", "w1", "w2")}
+        d = decide(observe(s, pods, base_nodes(), status, NOW + n * SECOND, reported))
+        status = JobStatus.from_body(d.status)
+        assert d.status["failures"] == n
+    assert d.status["phase"] == "Failed"
+    (failed,) = [c for c in d.status["conditions"] if c["type"] == "Failed"]
+    assert crash in failed["message"] and d.status["lastError"] == crash
+
+
+def test_a_crash_already_counted_is_not_counted_again() -> None:
+    s = spec(elastic__maxNodes=3)
+    pods = three_workers()
+    reported = {"w0": TrainerStatus(step=5, script_failures=1, error="KeyError: 'x'")}
+    first = decide(observe(s, pods, base_nodes(), JobStatus(round=1, serial=10), trainers=reported))
+    again = decide(observe(s, pods, base_nodes(), JobStatus.from_body(first.status), NOW + SECOND, reported))
+    assert first.status["failures"] == 1 and again.status["failures"] == 1
