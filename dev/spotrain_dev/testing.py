@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +28,7 @@ from kubernetes.client.rest import ApiException
 
 from spotrain_dev.cluster import DevCluster
 from spotrain_dev.nodes import NodeSimulator
-from spotrain_dev.processes import die_with_parent
+from spotrain_dev.processes import die_with_parent, free_port
 from spotrain_operator import wellknown as wk
 from spotrain_operator.core.pods import CONTROL_TOKEN_KEY, JobRef
 
@@ -55,6 +56,7 @@ class Harness:
     nodes: NodeSimulator
     tmp: Path
     operators: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    metrics_ports: dict[int, int] = field(default_factory=dict)  # operator pid -> its metrics port
     created_nodes: list[str] = field(default_factory=list)
 
     @property
@@ -79,15 +81,41 @@ class Harness:
     # -- operator ------------------------------------------------------------------------------------------
 
     def start_operator(self, *extra: str) -> subprocess.Popen[bytes]:
+        """Starts the operator process; its metrics are served on ``self.metrics_port`` (unless ``extra`` says
+        otherwise), so that a test can wait for the operator to have looked (``wait_reconciles``)."""
         log = (self.tmp / f"operator-{len(self.operators)}.log").open("wb")
+        port = free_port()
         process = subprocess.Popen(
             [sys.executable, "-m", "spotrain_operator.main", "--kubeconfig", str(self.cluster.kubeconfig),
-             "--namespace", self.namespace, "--metrics-port", "0", "--health-port", "0", "--resync", "2", *extra],
+             "--namespace", self.namespace, "--metrics-port", str(port), "--health-port", "0",
+             "--resync", "2", *extra],
             # Dies with the test or benchmark that started it, even one killed with SIGKILL.
             stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
         )
         self.operators.append(process)
+        self.metrics_ports[process.pid] = port
         return process
+
+    def reconciles(self) -> float:
+        """Reconcile passes the running operators have completed (spotrain_reconciles_total, every result)."""
+        total = 0.0
+        for process in self.operators:
+            if process.poll() is not None:
+                continue
+            try:
+                url = f"http://127.0.0.1:{self.metrics_ports[process.pid]}/metrics"
+                text = urllib.request.urlopen(url, timeout=5).read().decode()
+            except OSError:
+                continue
+            total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                         if line.startswith("spotrain_reconciles_total{"))
+        return total
+
+    def wait_reconciles(self, passes: int = 3, timeout: float = 90.0) -> None:
+        """Waits until the operator has completed ``passes`` more reconcile passes: the positive sign that it
+        looked at the world as it is now, before a test asserts that it did nothing."""
+        start = self.reconciles()
+        wait_for(f"{passes} more reconcile passes", lambda: self.reconciles() >= start + passes, timeout=timeout)
 
     def operator_log(self, index: int = 0) -> str:
         return (self.tmp / f"operator-{index}.log").read_text(errors="replace")

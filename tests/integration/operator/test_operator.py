@@ -188,7 +188,7 @@ def test_operator_killed_mid_reconcile_and_two_replicas(harness: Harness) -> Non
     harness.kill(leader)
     harness.patch_job("job", {"spec": {"elastic": {"targetNodes": 2}}})
     wait_for("scaled to 2 by the new leader", lambda: len(_workers_and_stores(harness)[0]) == 2, timeout=60)
-    time.sleep(3)
+    harness.wait_reconciles()
     workers, stores = _workers_and_stores(harness)
     assert len(workers) == 2 and len(stores) == 1
     for pod in [*harness.pods("worker"), *harness.pods("rendezvous")]:

@@ -100,7 +100,7 @@ def test_duplicate_and_flapping_signals_cause_one_drain(harness: Harness) -> Non
         harness.nodes.signal(nodes[0], "karpenter")  # ...and on again
         wait_for("replacement running", lambda: (s := harness.status()).get("readyWorkers") == 2
                  and s.get("preemptions") == 1)
-        time.sleep(3)
+        harness.wait_reconciles()
         assert {p: len(trainers.requests[p]) for p in original} == dict.fromkeys(original, 1), trainers.requests
         assert harness.status()["preemptions"] == 1
         assert len(harness.events("InterruptionNotice")) == 1
@@ -123,7 +123,7 @@ def test_notice_for_a_node_without_workers_does_nothing(harness: Harness) -> Non
         _start(harness)
         idle = harness.add_node("spot-cpu", "us-east-1b")
         harness.nodes.signal(idle, "karpenter")
-        time.sleep(6)
+        harness.wait_reconciles()
         assert not any(trainers.requests.values())
         status = harness.status()
         assert not status.get("drains") and status["preemptions"] == 0
@@ -172,7 +172,7 @@ def test_rebalance_is_acted_on_only_when_asked(harness: Harness) -> None:
     with FakeTrainerEndpoints(harness) as trainers:
         nodes = _start(harness)
         harness.nodes.signal(nodes[0], "nth-rebalance")
-        time.sleep(5)
+        harness.wait_reconciles()
         assert not any(trainers.requests.values())
         harness.patch_job("job", {"spec": {"termination": {"proactiveOnRebalance": True}}})
         wait_for("proactive drain", lambda: harness.status().get("preemptions") == 1)
