@@ -194,7 +194,18 @@ class _Reconcile:
 
     def current_store(self) -> PodView | None:
         return next((p for p in self.o.pods if p.role == "rendezvous" and p.round == self.round and self.round > 0
-                     and p.active and p.name not in self.removed and self._node_ok(p)), None)
+                     and p.active and p.name not in self.removed and self._node_ok(p) and not self._stranded(p)),
+                    None)
+
+    def _stranded(self, store: PodView) -> bool:
+        """A store pinned to a zone that lost every node of its pool while it waited to be scheduled (a zone lost
+        as the store was being replaced) would wait forever: it counts as lost, and a new one goes elsewhere."""
+        if store.node or not store.unschedulable_since or store.zone == "":
+            return False
+        pool = self.spec.pool(self.spec.rendezvous_pool_name)
+        tolerations = placement.pool_tolerations(self.spec, pool)
+        return not any(n.zone == store.zone and pool.matches(dict(n.labels)) and placement.node_accepts(n, tolerations)
+                       for n in self.o.nodes.values())
 
     def record_preemption(self, pod: PodView, why: str) -> None:
         if pod.name in self.accounted:

@@ -338,3 +338,15 @@ def test_a_crash_already_counted_is_not_counted_again() -> None:
     first = decide(observe(s, pods, base_nodes(), JobStatus(round=1, serial=10), trainers=reported))
     again = decide(observe(s, pods, base_nodes(), JobStatus.from_body(first.status), NOW + SECOND, reported))
     assert first.status["failures"] == 1 and again.status["failures"] == 1
+
+
+def test_a_store_stranded_in_a_zone_without_nodes_is_replaced_elsewhere() -> None:
+    s = spec(elastic__maxNodes=2)
+    stranded = replace(store(round_=2), node=None, phase="Pending", ready=False, zone="us-east-1a",
+                       unschedulable_since=NOW - SECOND)
+    nodes = [*[n for n in base_nodes() if n.name != "od-a"], node("od-b", "on-demand", "us-east-1b")]
+    d = decide(observe(s, [stranded], nodes, JobStatus(round=2, serial=10)))
+    assert d.status["rendezvous"]["round"] == 3
+    (new_store,) = [a.manifest for a in of(d, act.CreatePod)
+                    if a.manifest["metadata"]["labels"][wk.ROLE_LABEL] == "rendezvous"]
+    assert new_store["spec"]["nodeSelector"][wk.ZONE] == "us-east-1b"
