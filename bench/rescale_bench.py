@@ -119,7 +119,7 @@ class Bench:
         self.timeline = timeline
         self.events: list[tuple[float, RunnerEvent]] = []
         self.samples: dict[str, list[dict[str, Any]]] = {"notice": [], "join": [], "no_notice": [],
-                                                         "rendezvous_loss": []}
+                                                         "rendezvous_loss": [], "store_move": []}
         self.lock = threading.Lock()
 
     def on_event(self, event: RunnerEvent) -> None:
@@ -230,23 +230,49 @@ class Bench:
         say(f"no notice: first step at world 2 after {sample['to_first_step_s']:.1f} s, "
             f"{sample.get('steps_lost')} steps lost")
 
+    def running_store(self) -> Any:
+        return next(p for p in self.h.pods("rendezvous") if p.status.phase == "Running"
+                    and not p.metadata.deletion_timestamp)
+
     def rendezvous_loss(self) -> None:
-        store = next(p for p in self.h.pods("rendezvous") if p.status.phase == "Running"
-                     and not p.metadata.deletion_timestamp)
+        store = self.running_store()
         t0 = time.time()
         self.h.core.delete_namespaced_pod(store.metadata.name, self.h.namespace, grace_period_seconds=0)
-        first = self.wait("the first step after the store was lost", lambda: next(
+        sample = self.restart_sample("rendezvous_loss", "the store was lost", t0)
+        say(f"rendezvous loss: first step after {sample['to_first_step_s']:.1f} s at world {sample['world_size']}, "
+            f"{sample.get('steps_lost')} steps lost")
+
+    def store_move(self) -> None:
+        """A notice on the store's node: the planned move (checkpoint, new store elsewhere, next round), to set
+        the pause the workers see next to a worker preemption's and an unplanned store loss's."""
+        store = self.running_store()
+        node = store.spec.node_name
+        t0 = time.time()
+        self.h.nodes.signal(node, "karpenter")
+        sample = self.restart_sample("store_move", "the store moved", t0)
+        say(f"store move: first step after {sample['to_first_step_s']:.1f} s at world {sample['world_size']}, "
+            f"{sample.get('steps_lost')} steps lost")
+        self.wait("the old store gone", lambda: store.metadata.name not in
+                  {p.metadata.name for p in self.h.pods("rendezvous")}, timeout=180)
+        zone = self.h.node_zone(node)
+        self.h.nodes.remove(node)  # the instance is reclaimed; stable capacity comes back in its zone
+        self.h.wait_nodes_ready([self.h.add_node("on-demand", zone)])
+
+    def restart_sample(self, kind: str, what: str, t0: float) -> dict[str, Any]:
+        """The first step of worker processes started after ``t0`` (a new rendezvous round), and the steps lost."""
+        first = self.wait(f"the first step after {what}", lambda: next(
             (s for s in self.timeline.steps(t0) if s["restart"] == 0 and s["world_size"] >= 2
              and any(r["event"] == "process_start" and t0 < r["time"] < s["time"] and r["pod"] == s["pod"]
                      for r in self.timeline.refresh())), None), timeout=300)
-        last_old = [s for s in self.timeline.steps() if s["time"] < t0]
+        last_old = [s for s in self.timeline.steps() if s["time"] < first["time"]
+                    and not any(r["event"] == "process_start" and t0 < r["time"] < s["time"] and r["pod"] == s["pod"]
+                                for r in self.timeline.refresh())]
         start = self.timeline.group_start(t0, first["time"])
         sample = {"to_first_step_s": first["time"] - t0, "world_size": first["world_size"]}
         if last_old and "restored_step" in start:
             sample["steps_lost"] = max(0, last_old[-1]["step"] + 1 - start["restored_step"])
-        self.samples["rendezvous_loss"].append(sample)
-        say(f"rendezvous loss: first step after {sample['to_first_step_s']:.1f} s at world {first['world_size']}, "
-            f"{sample.get('steps_lost')} steps lost")
+        self.samples[kind].append(sample)
+        return sample
 
 
 def summary(samples: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -317,7 +343,9 @@ def run(cluster: DevCluster, workdir: Path, repeats: int, rdzv_conf_extra: str) 
         s3_client(endpoint).create_bucket(Bucket=BUCKET)
         core.create_namespaced_secret(namespace, {"metadata": {"name": "s3"}, "stringData": DUMMY_KEYS})
         spot = {zone: harness.add_node("spot-cpu", zone) for zone in ZONES}
-        harness.wait_nodes_ready([*spot.values(), harness.add_node("on-demand", ZONES[0])])
+        # Stable capacity in two zones: a store that moves goes to the other one.
+        harness.wait_nodes_ready([*spot.values(), harness.add_node("on-demand", ZONES[0]),
+                                  harness.add_node("on-demand", ZONES[1])])
         manifest = harness.job_manifest(min_nodes=2, max_nodes=3)
         del manifest["spec"]["fallback"]
         # No cooldown: a replacement may join in the zone just preempted (the bench measures the mechanics of a
@@ -345,6 +373,8 @@ def run(cluster: DevCluster, workdir: Path, repeats: int, rdzv_conf_extra: str) 
             spot[zone] = bench.join(zone)
             bench.training_at(3)
             bench.rendezvous_loss()
+            bench.training_at(3)
+            bench.store_move()
             bench.training_at(3)
         status = harness.status()
     finally:

@@ -88,6 +88,8 @@ def rescale_keys(r: dict[str, Any]) -> dict[str, Any]:
         "no_notice_to_first_step_p50_s": value("no_notice", "to_first_step_s", "p50"),
         "no_notice_steps_lost_p50": value("no_notice", "steps_lost", "p50"),
         "rendezvous_loss_to_first_step_p50_s": value("rendezvous_loss", "to_first_step_s", "p50"),
+        "store_move_to_first_step_p50_s": value("store_move", "to_first_step_s", "p50"),
+        "store_move_steps_lost_p95": value("store_move", "steps_lost", "p95"),
         "repeats": r.get("repeats"),
     }
     for phase in ("stop_and_rendezvous", "import", "process_group", "restore", "first_step"):
