@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,7 +18,6 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from spotrain_dev import testbin
 from spotrain_dev.cluster import DevCluster
 from spotrain_dev.nodes import NodeSimulator
 from spotrain_dev.testing import Harness, wait_for
@@ -40,18 +38,12 @@ Render = Callable[..., list[dict[str, Any]]]
 
 
 @pytest.fixture(scope="module")
-def render(tmp_path_factory: pytest.TempPathFactory) -> Render:
-    """``helm template`` of the chart (helm's own directories in a temporary directory, never under $HOME)."""
-    home = tmp_path_factory.mktemp("helm-home")
-    env = {**os.environ, **{k: str(home / k.lower()) for k in (
-        "HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME", "HELM_PLUGINS")}}
-    env.pop("KUBECONFIG", None)
+def render(helm: Callable[..., subprocess.CompletedProcess[str]]) -> Render:
+    """``helm template`` of the chart with ``--set`` values (tests/integration/conftest.py's helm)."""
 
     def run(namespace: str, *sets: str) -> list[dict[str, Any]]:
         args = [a for s in sets for a in ("--set", s)]
-        argv = [str(testbin.path("helm")), "template", RELEASE, str(CHART), "--namespace", namespace,
-                "--kube-version", KUBE_VERSION, *args]
-        out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, check=True).stdout
+        out = helm("template", RELEASE, CHART, "--namespace", namespace, "--kube-version", KUBE_VERSION, *args).stdout
         return [d for d in yaml.safe_load_all(out) if d]
 
     return run
@@ -88,7 +80,7 @@ def _grants(*rules: tuple[str, list[str], list[str]] | tuple[str, list[str], lis
     out = set()
     for rule in rules:
         group, resources, verbs = rule[0], rule[1], rule[2]
-        names = rule[3] if len(rule) > 3 else [""]  # type: ignore[misc]
+        names = rule[3] if len(rule) > 3 else [""]
         out |= {(group, r, v, n) for r in resources for v in verbs for n in names}
     return out
 
