@@ -7,7 +7,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -167,3 +167,47 @@ def test_the_client_drops_idle_connections_before_the_server_does() -> None:
     from spotrain_trainer import server
 
     assert trainer_client.KEEPALIVE_SECONDS < server.SOCKET_TIMEOUT
+
+
+class _SecretsOf:
+    """A CoreV1Api stand-in holding Secrets; ``race`` makes the first create lose to another replica's."""
+
+    def __init__(self, race: bytes | None = None) -> None:
+        self.stored: dict[tuple[str, str], dict[str, str]] = {}
+        self.race = race
+
+    def __call__(self, _api_client: object) -> _SecretsOf:
+        return self
+
+    def read_namespaced_secret(self, name: str, namespace: str, **_: object) -> object:
+        from types import SimpleNamespace
+
+        from kubernetes.client.rest import ApiException
+
+        if (namespace, name) not in self.stored:
+            raise ApiException(status=404)
+        return SimpleNamespace(data=self.stored[(namespace, name)])
+
+    def create_namespaced_secret(self, namespace: str, body: Any, **_: object) -> None:
+        import base64
+
+        from kubernetes.client.rest import ApiException
+
+        if self.race is not None:  # another replica created it first
+            self.stored[(namespace, body.metadata.name)] = {"key": base64.b64encode(self.race).decode()}
+            self.race = None
+            raise ApiException(status=409)
+        self.stored[(namespace, body.metadata.name)] = dict(body.data)
+
+
+def test_the_key_is_created_once_and_replicas_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spotrain_operator import control_auth
+
+    fake = _SecretsOf()
+    monkeypatch.setattr(control_auth.client, "CoreV1Api", fake)
+    first = control_auth.load_or_create_key(cast(Any, None), "spotrain-system")
+    assert control_auth.load_or_create_key(cast(Any, None), "spotrain-system") == first
+    assert list(fake.stored) == [("spotrain-system", "spotrain-control-key")]
+    racing = _SecretsOf(race=b"w" * 64)
+    monkeypatch.setattr(control_auth.client, "CoreV1Api", racing)
+    assert control_auth.load_or_create_key(cast(Any, None), "ns").key == b"w" * 64, "the loser reads the winner's"
