@@ -142,7 +142,7 @@ def test_a_zone_the_autoscaler_does_not_serve_is_given_up_after_the_provisioning
 
 def test_nodepool_limits_fallback_after_the_delay_and_back_to_spot_without_flapping(
         harness: Harness, node_pools: NodePools) -> None:
-    # One node per spot NodePool: the third worker finds spot exhausted in both zones. (A node limit: KWOK's provider
+    # One node per spot NodePool: a third worker finds spot exhausted in both zones. (A node limit: KWOK's provider
     # gives a node the capacity its pods requested, so NodePool usage in CPUs says little about the next node.)
     spot_a = node_pools.create("spot-a", "spot", zones=("us-east-1a",), limits={"nodes": "1"})
     spot_b = node_pools.create("spot-b", "spot", zones=("us-east-1b",), limits={"nodes": "1"})
@@ -151,8 +151,14 @@ def test_nodepool_limits_fallback_after_the_delay_and_back_to_spot_without_flapp
     manifest = harness.job_manifest(min_nodes=1, max_nodes=3, pools=[
         karpenter_pool("spot-a", spot_a, "spot"), karpenter_pool("spot-b", spot_b, "spot"),
         karpenter_pool("on-demand", on_demand, "on-demand")])
+    manifest["spec"]["elastic"]["targetNodes"] = 2
     manifest["spec"]["fallback"] = {"pool": "on-demand", "after": "20s", "maxNodes": 3}
     harness.create_job(manifest)
+    # Karpenter checks limits against usage before a batch, not within one: the third worker asks only once the
+    # NodePools show their one node each.
+    wait_for("2 spot workers and both NodePools at their limit", lambda: harness.status().get("readyWorkers") == 2
+             and all(node_pools.usage(n).get("nodes") == "1" for n in (spot_a, spot_b)), timeout=PROVISIONING)
+    harness.patch_job("job", {"spec": {"elastic": {"targetNodes": 3}}})
 
     pending_since = _time(wait_for("spot short (pendingSince)", lambda: harness.status().get("pendingSince"),
                                    timeout=PROVISIONING))
