@@ -106,7 +106,7 @@ def run_soak(harness: Harness, *, kills: int, seed: int, restart_apiserver: bool
                 del deadlines[pod]
         if restart_apiserver and not report.apiserver_restarts:
             # No drain was in flight at the midpoint: make one, and restart the API server in the middle of it.
-            victim = harness.running_workers()[0]
+            victim = wait_for("a worker on a healthy node", lambda: _healthy_workers(harness), timeout=120)[0]
             harness.nodes.signal(victim.spec.node_name, "karpenter", lead_seconds=60)
             wait_for("drain recorded", lambda: harness.status().get("drains"))
             harness.cluster.restart_apiserver()
