@@ -100,6 +100,7 @@ class Checkpoint:
     s3_region: str | None = None
     credentials_secret: str | None = None
     volume_claim: str | None = None
+    staging_size_limit: str | None = None  # the staging emptyDir's sizeLimit (a quantity)
 
     @property
     def interval_seconds(self) -> float | None:
@@ -240,6 +241,7 @@ def parse_spec(spec: dict[str, Any], pricing: dict[str, str] | None = None) -> J
         s3_region=s3.get("region"),
         credentials_secret=s3.get("credentialsSecret"),
         volume_claim=ck.get("volume", {}).get("claimName"),
+        staging_size_limit=str(ck["stagingSizeLimit"]) if ck.get("stagingSizeLimit") is not None else None,
     )
     if checkpoint.interval != "auto":
         parse_duration(checkpoint.interval, "spec.checkpoint.interval")

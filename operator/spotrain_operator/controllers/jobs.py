@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import json
 import logging
 import random
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from spotrain_operator import metrics
+from spotrain_operator import health, metrics
 from spotrain_operator import wellknown as wk
 from spotrain_operator.api import SOURCE_NAMES, SpecError, parse_spec
 from spotrain_operator.cluster import Cluster, Conflict
@@ -154,6 +155,9 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
                 draining = getattr(e, "draining", draining)
                 log.warning("reconcile failed (attempt %d): %s", failures, e, extra={"job": f"{namespace}/{name}"},
                             exc_info=failures == 1)
+            # Liveness: this daemon completed a pass, failed or not (a job the API keeps refusing is no reason to
+            # restart the operator); one stuck inside a pass stops beating.
+            health.heartbeat(f"job/{namespace}/{name}", max_age=BACKOFF_CAP_SECONDS + 6 * rt.resync_seconds)
             if failures:
                 await stopped.wait(backoff_seconds(failures, draining, random.uniform(0.5, 1.0)))
                 continue
@@ -164,6 +168,7 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
         rt.wakeups.pop(key, None)
         rt.last_trainer_poll.pop(key, None)
         rt.refused.pop(key, None)
+        health.LIVENESS.forget(f"job/{namespace}/{name}")
         metrics.forget_job(namespace, name)
 
 
@@ -345,11 +350,19 @@ async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: 
                 case act.Event(type_, reason, message):
                     await asyncio.to_thread(cluster.post_event, job, type_, reason, message, REPORTER)
         except Exception as e:  # collected and raised below, after the other actions had their turn
-            refused.append(f"{type(action).__name__}: {getattr(e, 'reason', None) or e}")
+            refused.append(f"{type(action).__name__}: {_api_message(e)}")
     if created or removed:
         metrics.RESCALES.labels(namespace, name).inc()
     if refused:
         raise ApplyFailed(refused, decision.draining)
+
+
+def _api_message(error: Exception) -> str:
+    """What the API server said, which names the rule broken (a Pod Security level, a quota), over its reason."""
+    try:
+        return str(json.loads(getattr(error, "body", None) or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(getattr(error, "reason", None) or error)
 
 
 async def _mark_drained(cluster: Cluster, node: str) -> None:

@@ -224,7 +224,8 @@ def render_worker(
         )
     if spec.checkpoint.uri.startswith("s3://"):
         # Staged shards must not fill the container's writable layer (and survive a read-only root filesystem).
-        pod_spec.setdefault("volumes", []).append({"name": "spotrain-staging", "emptyDir": {}})
+        staging = {"sizeLimit": spec.checkpoint.staging_size_limit} if spec.checkpoint.staging_size_limit else {}
+        pod_spec.setdefault("volumes", []).append({"name": "spotrain-staging", "emptyDir": staging})
         trainer.setdefault("volumeMounts", []).append({"name": "spotrain-staging", "mountPath": STAGING_MOUNT})
     return {
         "apiVersion": "v1",
