@@ -218,3 +218,6 @@ def test_s3_checkpoints_are_staged_on_an_empty_dir() -> None:
     local = worker(spec_=spec(uri="/mnt/ckpt", volume={"claimName": "ckpt"}))
     assert "spotrain-staging" not in {v["name"] for v in local["spec"].get("volumes", [])}
     assert STAGING_DIR_ENV not in env_of(local)
+    limited = worker(spec_=spec(uri="s3://bucket/prefix", stagingSizeLimit="50Gi"))
+    volumes = {v["name"]: v for v in limited["spec"]["volumes"]}
+    assert volumes["spotrain-staging"]["emptyDir"] == {"sizeLimit": "50Gi"}
