@@ -58,9 +58,9 @@ def _run(tmp_path: Path, how: str) -> subprocess.CompletedProcess[str]:
 def test_crashes_are_counted_across_restarts_and_peer_losses_are_not(tmp_path: Path) -> None:
     assert _run(tmp_path, "crash").returncode == 1
     assert _run(tmp_path, "crash").returncode == 1  # torchrun's restart: a new process, the same state dir
-    status = read_json(tmp_path / "status.json")
+    status = read_json(tmp_path / "status.json") or {}
     assert status["script_failures"] == 2 and status["error_step"] == 17
     assert status["error"] == "ValueError: the same bug at step 17"
     assert _run(tmp_path, "peer").returncode == 1
     assert _run(tmp_path, "notice").returncode == 75
-    assert read_json(tmp_path / "status.json")["script_failures"] == 2
+    assert (read_json(tmp_path / "status.json") or {})["script_failures"] == 2
