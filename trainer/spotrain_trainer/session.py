@@ -768,7 +768,7 @@ class Session:
     def _exit_on_notice(self, request_id: str | None) -> None:
         log.warning(
             "checkpoint on notice durable at step %d; exiting %d so that torchrun restarts the workers from it "
-            "(torchrun logs this exit as a worker failure: it is the expected end of an interrupted generation)",
+            "(the expected end of an interrupted generation, not a crash)",
             self.step,
             EXIT_CHECKPOINTED_ON_NOTICE,
         )
