@@ -30,6 +30,7 @@ BENCHES: list[tuple[str, list[str]]] = [
     ("rescale", [str(HERE / "rescale_bench.py")]),
     ("simulation", [str(HERE / "simulation_bench.py"), "--costs", str(RESULTS / "rescale.json")]),
     ("soak", [str(HERE / "soak_bench.py")]),
+    ("coordination", [str(HERE / "coordination_bench.py")]),
 ]
 SCENARIOS = ("aws_32n_0.6ph", "aws_8n_0.06ph", "gcp_32n_0.6ph")
 POLICIES = ("on_demand", "baseline_ckpt30", "elastic_no_notice", "spotrain")
@@ -98,6 +99,11 @@ def rescale_keys(r: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def coordination_keys(r: dict[str, Any]) -> dict[str, Any]:
+    """The per-step notice-flag all-reduce over the session's gloo group, on loopback (microseconds)."""
+    return {f"world_{w}_{q}_us": (r.get(f"world_size_{w}") or {}).get(f"{q}_us") for w in (2, 8) for q in ("p50", "p99")}
+
+
 def soak_keys(r: dict[str, Any]) -> dict[str, Any]:
     found = {k: len(r.get(k) or []) for k in ("duplicates", "orphans", "double_evictions", "late_drains")}
     return {"kills": r.get("kills"), "apiserver_restarts": r.get("apiserver_restarts"), "notices": r.get("notices"),
@@ -145,7 +151,7 @@ def collect() -> dict[str, Any]:
                                        "python": platform.python_version(), "load_average": os.getloadavg()},
                            "sources": {}}
     for name, keys in (("simulation", simulation_keys), ("operator", operator_keys), ("checkpoint", trainer_keys),
-                       ("rescale", rescale_keys), ("soak", soak_keys)):
+                       ("rescale", rescale_keys), ("soak", soak_keys), ("coordination", coordination_keys)):
         result = _load(name)
         section = "trainer" if name == "checkpoint" else name
         doc[section] = keys(result) if result else {}
@@ -162,7 +168,7 @@ def table(doc: dict[str, Any]) -> list[tuple[str, str]]:
             if values.get("goodput") is not None:
                 rows.append((f"simulation {scenario} {policy}", f"goodput {values['goodput']}, "
                              f"cost/step vs on-demand {values['cost_ratio']}"))
-    for section in ("operator", "trainer", "rescale", "soak"):
+    for section in ("operator", "trainer", "rescale", "soak", "coordination"):
         for key, value in (doc.get(section) or {}).items():
             if value is not None:
                 rows.append((f"{section}.{key}", json.dumps(value)))
