@@ -101,7 +101,8 @@ def rescale_keys(r: dict[str, Any]) -> dict[str, Any]:
 
 def coordination_keys(r: dict[str, Any]) -> dict[str, Any]:
     """The per-step notice-flag all-reduce over the session's gloo group, on loopback (microseconds)."""
-    return {f"world_{w}_{q}_us": (r.get(f"world_size_{w}") or {}).get(f"{q}_us") for w in (2, 8) for q in ("p50", "p99")}
+    return {f"world_{w}_{q}_us": (r.get(f"world_size_{w}") or {}).get(f"{q}_us")
+            for w in (2, 8) for q in ("p50", "p99")}
 
 
 def soak_keys(r: dict[str, Any]) -> dict[str, Any]:
