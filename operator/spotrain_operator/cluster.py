@@ -26,6 +26,7 @@ class Cluster:
     def __init__(self, api_client: client.ApiClient):
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.policy = client.PolicyV1Api(api_client)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -75,6 +76,8 @@ class Cluster:
         try:
             if manifest["kind"] == "Pod":
                 _drop(self.core.create_namespaced_pod(namespace, manifest, **RAW))
+            elif manifest["kind"] == "PodDisruptionBudget":  # the rendezvous pod's (provisioning.render_rendezvous_pdb)
+                _drop(self.policy.create_namespaced_pod_disruption_budget(namespace, manifest, **RAW))
             elif manifest["kind"] == "Secret":  # the job's control token (pods.render_control_secret)
                 _drop(self.core.create_namespaced_secret(namespace, manifest, **RAW))
             else:

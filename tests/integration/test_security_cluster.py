@@ -93,6 +93,8 @@ OPERATOR_EVERYWHERE = _grants(
     ("", ["pods/eviction"], ["create"]),  # cluster.evict_pod
     ("", ["services"], ["create", "patch"]),  # the rendezvous Service and its moving selector
     ("", ["secrets"], ["create"]),  # each job's control-token Secret (never read back)
+    ("policy", ["poddisruptionbudgets"], ["create"]),  # the rendezvous store's budget
+    ("karpenter.sh", ["nodepools"], ["get", "list", "watch"]),  # capacity.py: pools that scale from zero
     ("", ["configmaps"], ["get"]),  # spec.placement.pricingConfigMap
     ("", ["namespaces"], ["list", "watch"]),  # kopf
     ("", ["events"], ["create"]),  # cluster.post_event

@@ -28,9 +28,11 @@ from spotrain_operator import wellknown as wk
 from spotrain_operator.api import SOURCE_NAMES, SpecError, parse_spec
 from spotrain_operator.cluster import Cluster, Conflict
 from spotrain_operator.control_auth import ControlKey
+from spotrain_operator.controllers.capacity import CapacityIndexes
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, format_time
 from spotrain_operator.core.pods import CONTROL_PORT, JobRef, owning_job
+from spotrain_operator.core.provisioning import PROBE_ROLE
 from spotrain_operator.core.reconcile import Decision, Observed, TrainerStatus, decide
 from spotrain_operator.core.termination import node_notice
 from spotrain_operator.trainer_client import TrainerClient
@@ -131,6 +133,7 @@ async def job_changed(namespace: str | None, name: str, **_: Any) -> None:
 @kopf.daemon(wk.GROUP, wk.VERSION, wk.PLURAL, cancellation_timeout=10.0)
 async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
     nodes_by_name: kopf.Index[str, NodeView] = kwargs["nodes_by_name"]  # kopf passes indexes by name
+    capacity = CapacityIndexes.from_kwargs(kwargs)
     rt = runtime()
     namespace = namespace or ""
     key = (namespace, name)
@@ -144,7 +147,7 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
         while not stopped:
             wakeup.clear()
             try:
-                draining = await reconcile(rt, namespace, name, nodes_by_name)
+                draining = await reconcile(rt, namespace, name, nodes_by_name, capacity)
                 failures = 0
                 rt.refused.pop(key, None)
             except Exception as e:  # any failure: logged, reported on the job where possible, retried with backoff
@@ -193,18 +196,20 @@ class ApplyFailed(Exception):
         self.draining = draining
 
 
-async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.Index[str, NodeView]) -> bool:
+async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.Index[str, NodeView],
+                    capacity: CapacityIndexes | None = None) -> bool:
     """One level-triggered pass: read, decide, write the status with the resourceVersion read (deciding again from a
     fresh read if someone wrote first), then act. Returns True while a drain waits on its checkpoint."""
     for _ in range(CONFLICT_RETRIES):
         try:
-            return await _reconcile_once(rt, namespace, name, nodes_index)
+            return await _reconcile_once(rt, namespace, name, nodes_index, capacity)
         except Conflict:
             continue
     raise Conflict(f"{namespace}/{name}: the status changed under every one of {CONFLICT_RETRIES} writes")
 
 
-async def _reconcile_once(rt: Runtime, namespace: str, name: str, nodes_index: kopf.Index[str, NodeView]) -> bool:
+async def _reconcile_once(rt: Runtime, namespace: str, name: str, nodes_index: kopf.Index[str, NodeView],
+                          capacity: CapacityIndexes | None = None) -> bool:
     started = time.perf_counter()
     job = await asyncio.to_thread(rt.cluster.get_job, namespace, name)
     if job is None or job["metadata"].get("deletionTimestamp"):
@@ -230,7 +235,8 @@ async def _reconcile_once(rt: Runtime, namespace: str, name: str, nodes_index: k
     trainers = await _probe_trainers(rt, (namespace, name), status, pods, ref.control_token)
     nodes = await _nodes_of(rt, nodes_index, pods)
     observed = Observed(ref, int(meta.get("generation", 0)), spec, status, pods, nodes, now, trainers,
-                        refused=rt.refused.get((namespace, name), ()))
+                        refused=rt.refused.get((namespace, name), ()),
+                        **(capacity.observe() if capacity else {}))
     decision = decide(observed)
     _log_decision(namespace, name, decision)
     await apply(rt, job, decision, observed, started)
@@ -327,9 +333,10 @@ async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: 
         try:
             match action:
                 case act.EnsureService(manifest) | act.CreatePod(manifest):
-                    if await asyncio.to_thread(cluster.create, manifest) and manifest["kind"] == "Pod":
+                    labels = manifest["metadata"].get("labels") or {}
+                    probe = labels.get(wk.ROLE_LABEL) == PROBE_ROLE  # a return-to-spot probe is no rescale
+                    if await asyncio.to_thread(cluster.create, manifest) and manifest["kind"] == "Pod" and not probe:
                         created += 1
-                        labels = manifest["metadata"]["labels"]
                         if labels.get(wk.ROLE_LABEL) == "worker" and observed.spec.fallback and \
                                 labels[wk.POOL_LABEL] == observed.spec.fallback.pool:
                             metrics.FALLBACKS.labels(namespace, name).inc()

@@ -24,6 +24,7 @@ from typing import Any
 from spotrain_operator import wellknown as wk
 from spotrain_operator.api import JobSpec
 from spotrain_operator.core.placement import Choice, pool_tolerations
+from spotrain_operator.core.provisioning import disruption_annotations
 
 CONTROL_PORT = 8470
 # Kubelet gives a preempted pod this long between SIGTERM and SIGKILL unless the template says otherwise:
@@ -234,7 +235,7 @@ def render_worker(
             "name": worker_name(job, serial, round_),
             "namespace": job.namespace,
             "labels": labels,
-            "annotations": {**(meta.get("annotations") or {}), wk.ZONE: choice.zone},
+            "annotations": {**(meta.get("annotations") or {}), wk.ZONE: choice.zone, **disruption_annotations()},
             "ownerReferences": [job.owner_reference()],
         },
         "spec": pod_spec,
@@ -289,7 +290,7 @@ def render_rendezvous(job: JobRef, spec: JobSpec, zone: str | None, round_: int)
             "name": rendezvous_pod_name(job, round_),
             "namespace": job.namespace,
             "labels": _labels(job, "rendezvous", round_, pool.name),
-            "annotations": {wk.ZONE: zone or ""},
+            "annotations": {wk.ZONE: zone or "", **disruption_annotations()},
             "ownerReferences": [job.owner_reference()],
         },
         "spec": {

@@ -27,8 +27,9 @@ from spotrain_operator.core.pods import (
     render_worker,
     selector,
 )
-from spotrain_operator.core.provisioning import PROBE_ROLE, render_probe
+from spotrain_operator.core.provisioning import PROBE_ROLE, render_probe, render_rendezvous_pdb
 from spotrain_operator.core.termination import TerminationNotice, node_notice, pod_notice
+from spotrain_operator.wellknown import ROLE_LABEL
 
 ACCOUNTED_KEPT = 100
 TERMINAL = ("Succeeded", "Failed")
@@ -407,6 +408,7 @@ class _Reconcile:
             self.round += 1
             zone = self._rendezvous_zone(avoid=previous.zone if previous else None)
             self.actions.append(act.EnsureService(render_rendezvous_service(self.o.job, self.spec, self.round)))
+            self.actions.append(act.EnsureService(render_rendezvous_pdb(self.o.job)))
             if self.o.job.control_token:  # the workers' control token (pods.render_control_secret)
                 self.actions.append(act.EnsureService(render_control_secret(self.o.job)))
             self.actions.append(act.CreatePod(render_rendezvous(self.o.job, self.spec, zone, self.round)))
@@ -750,7 +752,11 @@ class _Reconcile:
     def update_phase(self) -> None:
         live = self.live_workers()
         ready = [w for w in live if w.ready and w.phase == "Running"]
-        created = any(isinstance(a, act.CreatePod | act.DeletePod | act.EvictPod) for a in self.actions)
+        # Return-to-spot probes come and go without touching the training world.
+        probes = self._probe_names()
+        created = any((isinstance(a, act.CreatePod) and a.manifest["metadata"]["labels"].get(ROLE_LABEL) != PROBE_ROLE)
+                      or (isinstance(a, act.DeletePod) and a.name not in probes)
+                      or isinstance(a, act.EvictPod) for a in self.actions)
         min_nodes = self.spec.min_nodes
         if len(ready) >= min_nodes and self.start_time is None:
             self.start_time = self.now
@@ -786,6 +792,9 @@ class _Reconcile:
             self.last_checkpoint = {"step": best.checkpoint_step, "time": best.checkpoint_time,
                                     "uri": best.checkpoint_uri}
             self.last_checkpoint = {k: v for k, v in self.last_checkpoint.items() if v is not None}
+
+    def _probe_names(self) -> set[str]:
+        return {p.name for p in self.o.pods if p.role == PROBE_ROLE}
 
     def _capacity_type(self, pool_name: str) -> str | None:
         pool = next((p for p in self.spec.pools if p.name == pool_name), None)
