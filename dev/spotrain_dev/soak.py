@@ -14,8 +14,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
 from spotrain_dev.testing import TEST_LABEL, ZONES, FakeTrainerEndpoints, Harness, wait_for
 from spotrain_dev.topology import POOL_LABEL
 from spotrain_operator import wellknown as wk
@@ -40,14 +38,6 @@ class SoakReport:
     @property
     def clean(self) -> bool:
         return not (self.late_drains or self.double_evictions or self.duplicates or self.orphans)
-
-
-def _gone(harness: Harness, pod: str) -> bool:
-    try:
-        harness.core.read_namespaced_pod(pod, harness.namespace)
-        return False
-    except ApiException as e:
-        return e.status == 404
 
 
 def run_soak(harness: Harness, *, kills: int, seed: int, restart_apiserver: bool = True,
@@ -99,7 +89,7 @@ def run_soak(harness: Harness, *, kills: int, seed: int, restart_apiserver: bool
             wait_for("the job back at 3 workers", lambda: harness.status().get("readyWorkers", 0) >= 1
                      and not harness.status().get("drains"), timeout=180)
             for pod, deadline in list(deadlines.items()):
-                wait_for(f"{pod} drained", lambda pod=pod: _gone(harness, pod), timeout=120)  # type: ignore[misc]
+                wait_for(f"{pod} drained", lambda pod=pod: harness.gone(pod), timeout=120)  # type: ignore[misc]
                 late = (datetime.datetime.now(datetime.UTC) - deadline).total_seconds()
                 if late > 0:
                     report.late_drains.append(f"{pod}: gone {late:.0f} s after its deadline")
@@ -111,7 +101,7 @@ def run_soak(harness: Harness, *, kills: int, seed: int, restart_apiserver: bool
             wait_for("drain recorded", lambda: harness.status().get("drains"))
             harness.cluster.restart_apiserver()
             report.apiserver_restarts += 1
-            wait_for(f"{victim.metadata.name} drained", lambda: _gone(harness, victim.metadata.name), timeout=120)
+            wait_for(f"{victim.metadata.name} drained", lambda: harness.gone(victim.metadata.name), timeout=120)
         def settled() -> bool:
             status = harness.status()
             return status.get("readyWorkers") == min(3, _usable(harness)) and not status.get("drains")

@@ -169,6 +169,14 @@ class Harness:
         pods = self.pods("worker", job)
         return [p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
 
+    def gone(self, pod: str) -> bool:
+        """The pod no longer exists (not merely terminating)."""
+        try:
+            self.core.read_namespaced_pod(pod, self.namespace)
+            return False
+        except ApiException as e:
+            return e.status == 404
+
     def control_token(self, name: str = "job") -> str | None:
         """The job's control-endpoint token, from the Secret the operator made for its workers (None before)."""
         job = self.job(name)

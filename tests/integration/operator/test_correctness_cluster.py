@@ -9,7 +9,6 @@ import urllib.request
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from spotrain_dev.processes import free_port
 from spotrain_dev.testing import ZONES, FakeTrainerEndpoints, Harness, wait_for
@@ -18,14 +17,6 @@ from spotrain_operator import wellknown as wk
 
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
-
-
-def _gone(harness: Harness, pod: str) -> bool:
-    try:
-        harness.core.read_namespaced_pod(pod, harness.namespace)
-        return False
-    except ApiException as e:
-        return e.status == 404
 
 
 def _metric(port: int, name: str, labels: str) -> float:
@@ -56,7 +47,7 @@ def test_a_finished_drain_leaves_the_stored_status(harness: Harness) -> None:
         doomed = harness.running_workers()[0]
         harness.nodes.signal(doomed.spec.node_name, "karpenter")
         wait_for("drain recorded", lambda: doomed.spec.node_name in (harness.status().get("drains") or {}))
-        wait_for("doomed worker gone", lambda: _gone(harness, doomed.metadata.name))
+        wait_for("doomed worker gone", lambda: harness.gone(doomed.metadata.name))
         # The drain is removed from the stored object, not only from what the operator computes.
         wait_for("drain forgotten", lambda: not harness.status().get("drains"))
         node = harness.core.read_node(doomed.spec.node_name)
@@ -75,7 +66,7 @@ def test_an_eviction_refused_for_two_disruption_budgets_still_drains(harness: Ha
                     match_labels={wk.ROLE_LABEL: "worker"}))))
         doomed = harness.running_workers()[0]
         harness.nodes.signal(doomed.spec.node_name, "karpenter")
-        wait_for("doomed worker gone", lambda: _gone(harness, doomed.metadata.name))
+        wait_for("doomed worker gone", lambda: harness.gone(doomed.metadata.name))
         status = wait_for("replacement running", lambda: (s := harness.status()).get("readyWorkers") == 2 and s)
         assert status["preemptions"] == 1 and status["failures"] == 0
 
@@ -137,7 +128,7 @@ def test_a_notice_on_the_store_node_moves_the_store_before_the_node_goes(harness
         assert new_store
         wait_for("workers of round 2 running", lambda: harness.status().get("readyWorkers") == 2
                  and all(p.metadata.labels[wk.ROUND_LABEL] == "2" for p in harness.running_workers()))
-        wait_for("old store gone", lambda: _gone(harness, old_store.metadata.name))
+        wait_for("old store gone", lambda: harness.gone(old_store.metadata.name))
         status = harness.status()
         assert status["preemptions"] == 0 and status["failures"] == 0
         assert harness.events("RendezvousMoved") and not harness.events("RendezvousLost")
@@ -150,7 +141,7 @@ def test_a_cordoned_store_node_moves_the_store(harness: Harness) -> None:
         (old_store,) = harness.pods("rendezvous")
         harness.core.patch_node(old_store.spec.node_name, {"spec": {"unschedulable": True}})
         wait_for("round 2", lambda: harness.status().get("rendezvous", {}).get("round") == 2)
-        wait_for("old store gone", lambda: _gone(harness, old_store.metadata.name), timeout=120)
+        wait_for("old store gone", lambda: harness.gone(old_store.metadata.name), timeout=120)
         wait_for("2 workers again", lambda: harness.status().get("readyWorkers") == 2)
         (store,) = [p for p in harness.pods("rendezvous") if not p.metadata.deletion_timestamp]
         assert store.spec.node_name != old_store.spec.node_name

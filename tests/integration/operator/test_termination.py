@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import pytest
-from kubernetes.client.rest import ApiException
 
 from spotrain_dev.testing import ZONES, FakeTrainerEndpoints, Harness, wait_for
 from spotrain_operator import wellknown as wk
@@ -40,14 +39,6 @@ def _worker_on(harness: Harness, node: str) -> str:
     return next(p.metadata.name for p in harness.pods("worker") if p.spec.node_name == node)
 
 
-def _gone(harness: Harness, pod: str) -> bool:
-    try:
-        harness.core.read_namespaced_pod(pod, harness.namespace)
-        return False
-    except ApiException as e:
-        return e.status == 404
-
-
 NOTICES = ["nth-spot-itn", "nth-asg-lifecycle", "nth-scheduled-maintenance", "karpenter", "karpenter-v1beta1",
            "gke-impending", "aks-drain", "ca-scale-down", "spotrain-agent"]
 
@@ -67,7 +58,7 @@ def test_notice_checkpoints_drains_and_replaces(harness: Harness, signal: str) -
         wait_for("checkpoint requested from every rank", lambda: all(trainers.requests.get(p) for p in
                                                                      [w.metadata.name for w in harness.pods()]))
         assert {r["id"] for reqs in trainers.requests.values() for r in reqs} == {drain["requestID"]}
-        wait_for("doomed worker gone", lambda: _gone(harness, doomed))
+        wait_for("doomed worker gone", lambda: harness.gone(doomed))
         assert datetime.datetime.now(datetime.UTC) < deadline
         status = wait_for("replacement running", lambda: (s := harness.status()).get("readyWorkers") == 2 and s)
         assert status["preemptions"] == 1 and status["failures"] == 0
@@ -84,7 +75,7 @@ def test_dead_node_is_a_preemption_and_is_replaced(harness: Harness, signal: str
     harness.nodes.signal(nodes[0], signal)
     status = wait_for("preemption counted", lambda: (s := harness.status()).get("preemptions") == 1 and s)
     assert status["failures"] == 0
-    wait_for("doomed worker gone", lambda: _gone(harness, doomed))
+    wait_for("doomed worker gone", lambda: harness.gone(doomed))
     wait_for("replacement running", lambda: harness.status().get("readyWorkers") == 2)
 
 
@@ -113,7 +104,7 @@ def test_unreachable_endpoint_evicts_at_once(harness: Harness) -> None:
         trainers.unreachable.add(doomed)
         started = time.monotonic()
         harness.nodes.signal(nodes[0], "nth-spot-itn", lead_seconds=600)
-        wait_for("doomed worker evicted", lambda: _gone(harness, doomed))
+        wait_for("doomed worker evicted", lambda: harness.gone(doomed))
         # Far from the 590 s the deadline would allow: the operator did not wait for an answer that cannot come.
         assert time.monotonic() - started < 120
 
@@ -161,7 +152,7 @@ def test_operator_restarted_mid_drain_finishes_it_once(harness: Harness) -> None
         wait_for("request sent", lambda: trainers.requests.get(doomed))
         harness.kill(harness.operators[0])
         harness.start_operator()
-        wait_for("doomed worker gone", lambda: _gone(harness, doomed))
+        wait_for("doomed worker gone", lambda: harness.gone(doomed))
         wait_for("replacement running", lambda: harness.status().get("readyWorkers") == 2)
         assert harness.status()["preemptions"] == 1
         assert len(trainers.requests[doomed]) == 1
@@ -189,6 +180,6 @@ def test_pod_disruption_target_is_a_notice(harness: Harness, reason: str) -> Non
         harness.core.patch_namespaced_pod_status(doomed, harness.namespace, {"status": {"conditions": [
             {"type": "DisruptionTarget", "status": "True", "reason": reason, "lastTransitionTime": now}]}})
         wait_for("checkpoint requested", lambda: trainers.requests.get(doomed))
-        wait_for("doomed worker gone", lambda: _gone(harness, doomed))
+        wait_for("doomed worker gone", lambda: harness.gone(doomed))
         status = wait_for("replacement running", lambda: (s := harness.status()).get("readyWorkers") == 2 and s)
         assert status["preemptions"] == 1 and status["failures"] == 0
