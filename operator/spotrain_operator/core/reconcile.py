@@ -176,8 +176,9 @@ class _Reconcile:
 
     def remove(self, pod: PodView, reason: str, grace: int | None = None) -> None:
         """Deletes a pod for ``reason`` (recorded on the pod). A worker the operator removes is accounted for at once:
-        its exit, whatever the code, is neither a failure nor a preemption."""
-        if pod.name in self.removed or pod.deleting:
+        its exit, whatever the code, is neither a failure nor a preemption. A pod already terminating is deleted
+        again only to cut its grace to 0 (nothing is left to wait for)."""
+        if pod.name in self.removed or (pod.deleting and (grace != 0 or pod.deletion_grace == 0)):
             return
         self.removed.add(pod.name)
         if pod.role == "worker" and pod.name not in self.accounted:
@@ -310,16 +311,11 @@ class _Reconcile:
         if "nodeHealth" not in self.spec.termination.sources:
             return
         for pod in self.o.pods:
-            if not pod.node or pod.node in self.o.nodes or pod.name in self.removed:
-                continue
-            if pod.deleting and pod.deletion_grace == 0:
+            if not pod.node or pod.node in self.o.nodes:
                 continue
             if pod.role == "worker":
                 self.record_preemption(pod, f"node {pod.node} was deleted")
-            self.removed.add(pod.name)
-            if pod.role == "worker" and pod.name not in self.accounted:
-                self.account(pod)
-            self.actions.append(act.DeletePod(pod.name, f"node {pod.node} deleted", 0))
+            self.remove(pod, f"node {pod.node} deleted", grace=0)
 
     def account_lost_workers(self) -> None:
         sources = self.spec.termination.sources
