@@ -1,18 +1,43 @@
-"""Fixtures for the trainer's unit tests: a moto S3 server process on 127.0.0.1 (one per session), a bucket
-per test, and a fault-injecting proxy in front of it."""
+"""Fixtures for the trainer's unit tests: a session's environment and a factory of sessions (world size 1), a
+moto S3 server process on 127.0.0.1 (one per session), a bucket per test, and a fault-injecting proxy in front
+of it."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from spotrain_trainer.config import S3Settings
+from spotrain_trainer.config import S3Settings, TrainerConfig
+from spotrain_trainer.session import Session
 from spotrain_trainer.testing import LOOPBACK, MOTO_ENV, FaultProxy, ProcessSet, free_port, start_moto
+
+MakeSession = Callable[..., Session]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "SPOTRAIN_JOB_NAME": "unit",
+        "POD_NAME": "pod-0",
+        "SPOTRAIN_CHECKPOINT_URI": str(tmp_path / "ckpt"),
+        "SPOTRAIN_STATE_DIR": str(tmp_path / "state"),
+        "SPOTRAIN_STAGING_DIR": str(tmp_path / "staging"),
+        "SPOTRAIN_TERMINATION_LOG": str(tmp_path / "term" / "termination-log"),
+    }
+
+
+@pytest.fixture
+def make_session(env: dict[str, str]) -> MakeSession:
+    def make(**overrides: str) -> Session:
+        cfg = TrainerConfig.from_env({**env, **overrides})
+        return Session(config=cfg, install_signal_handler=False, fast_exit=False)
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from torch import nn
 
 from spotrain_trainer.checkpoint.commit import CheckpointError
 from spotrain_trainer.checkpoint.storage import LocalStorage
-from spotrain_trainer.config import TrainerConfig
 from spotrain_trainer.session import Session
 from spotrain_trainer.statefiles import atomic_write_json, read_json
 
@@ -31,27 +30,6 @@ class Counter:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = int(state["value"])
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "SPOTRAIN_JOB_NAME": "unit",
-        "POD_NAME": "pod-0",
-        "SPOTRAIN_CHECKPOINT_URI": str(tmp_path / "ckpt"),
-        "SPOTRAIN_STATE_DIR": str(tmp_path / "state"),
-        "SPOTRAIN_STAGING_DIR": str(tmp_path / "staging"),
-        "SPOTRAIN_TERMINATION_LOG": str(tmp_path / "term" / "termination-log"),
-    }
-
-
-@pytest.fixture
-def make_session(env: dict[str, str]) -> MakeSession:
-    def make(**overrides: str) -> Session:
-        cfg = TrainerConfig.from_env({**env, **overrides})
-        return Session(config=cfg, install_signal_handler=False, fast_exit=False)
-
-    return make
 
 
 def build(seed: int) -> tuple[nn.Module, torch.optim.Optimizer, Any]:

@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from spotrain_trainer.checkpoint.commit import CheckpointError
 from spotrain_trainer.checkpoint.storage import LocalStorage
-from spotrain_trainer.config import TrainerConfig
 from spotrain_trainer.constants import EXIT_CHECKPOINTED_ON_NOTICE, REQUEST_FILE
 from spotrain_trainer.data import ElasticDistributedSampler
 from spotrain_trainer.notice import reduces_cpu_tensors, second_save_fits
@@ -31,25 +30,9 @@ CUDA_ONLY = "spotrain_cuda_only"
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return {
-        "SPOTRAIN_JOB_NAME": "unit",
-        "POD_NAME": "pod-0",
-        "SPOTRAIN_CHECKPOINT_URI": str(tmp_path / "ckpt"),
-        "SPOTRAIN_STATE_DIR": str(tmp_path / "state"),
-        "SPOTRAIN_STAGING_DIR": str(tmp_path / "staging"),
-        "SPOTRAIN_TERMINATION_LOG": str(tmp_path / "term" / "termination-log"),
-        "SPOTRAIN_CHECKPOINT_ASYNC": "0",
-    }
-
-
-@pytest.fixture
-def make_session(env: dict[str, str]) -> MakeSession:
-    def make(**overrides: str) -> Session:
-        cfg = TrainerConfig.from_env({**env, **overrides})
-        return Session(config=cfg, install_signal_handler=False, fast_exit=False)
-
-    return make
+def env(env: dict[str, str]) -> dict[str, str]:
+    """The trainer unit tests' environment, with synchronous checkpoints."""
+    return {**env, "SPOTRAIN_CHECKPOINT_ASYNC": "0"}
 
 
 def model_and_optimizer(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
