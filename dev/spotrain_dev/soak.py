@@ -54,68 +54,77 @@ def run_soak(harness: Harness, *, kills: int, seed: int, restart_apiserver: bool
     manifest["spec"]["placement"]["cooldown"] = "5s"
     del manifest["spec"]["fallback"]
     deadlines: dict[str, datetime.datetime] = {}  # doomed pod -> its node's deadline
-    with FakeTrainerEndpoints(harness, delay=2.0):
-        operator = harness.start_operator()
-        harness.create_job(manifest)
-        wait_for("3 workers", lambda: harness.status().get("readyWorkers") == 3, timeout=120)
-        for round_ in range(kills):
-            action = rng.choice(["notice", "notice", "join", "loss"])
-            workers = _healthy_workers(harness)
-            if action == "notice" and workers:
-                victim = rng.choice(workers)
-                signal = rng.choice(NOTICE_SIGNALS)
-                harness.nodes.signal(victim.spec.node_name, signal, lead_seconds=60)
-                deadlines[victim.metadata.name] = (datetime.datetime.now(datetime.UTC)
-                                                   + datetime.timedelta(seconds=SIGNAL_NOTICE_SECONDS[signal]))
-                report.notices += 1
-                say(f"{round_}: {signal} on {victim.spec.node_name} ({victim.metadata.name})")
-            elif action == "join":
-                spot.append(harness.add_node("spot-cpu", rng.choice(ZONES)))
-                report.joins += 1
-                say(f"{round_}: node {spot[-1]} joins")
-            elif workers:
-                victim = rng.choice(workers)
-                harness.nodes.remove(victim.spec.node_name)
-                report.losses += 1
-                say(f"{round_}: node {victim.spec.node_name} lost without notice")
-            time.sleep(rng.uniform(0.0, 3.0))  # the kill lands at a random moment of the reaction
-            harness.kill(operator)
-            report.kills += 1
-            if restart_apiserver and round_ == kills // 2 and harness.status().get("drains"):
-                say(f"{round_}: restarting kube-apiserver mid-drain")
+    try:
+        with FakeTrainerEndpoints(harness, delay=2.0) as endpoints:
+            operator = harness.start_operator()
+            harness.create_job(manifest)
+            wait_for("3 workers", lambda: harness.status().get("readyWorkers") == 3, timeout=120)
+            for round_ in range(kills):
+                action = rng.choice(["notice", "notice", "join", "loss"])
+                workers = _healthy_workers(harness)
+                if action == "notice" and workers:
+                    victim = rng.choice(workers)
+                    signal = rng.choice(NOTICE_SIGNALS)
+                    harness.nodes.signal(victim.spec.node_name, signal, lead_seconds=60)
+                    deadlines[victim.metadata.name] = (datetime.datetime.now(datetime.UTC)
+                                                       + datetime.timedelta(seconds=SIGNAL_NOTICE_SECONDS[signal]))
+                    report.notices += 1
+                    say(f"{round_}: {signal} on {victim.spec.node_name} ({victim.metadata.name})")
+                elif action == "join":
+                    spot.append(harness.add_node("spot-cpu", rng.choice(ZONES)))
+                    report.joins += 1
+                    say(f"{round_}: node {spot[-1]} joins")
+                elif workers:
+                    victim = rng.choice(workers)
+                    harness.nodes.remove(victim.spec.node_name)
+                    report.losses += 1
+                    say(f"{round_}: node {victim.spec.node_name} lost without notice")
+                time.sleep(rng.uniform(0.0, 3.0))  # the kill lands at a random moment of the reaction
+                harness.kill(operator)
+                report.kills += 1
+                if restart_apiserver and round_ == kills // 2 and harness.status().get("drains"):
+                    say(f"{round_}: restarting kube-apiserver mid-drain")
+                    harness.cluster.restart_apiserver()
+                    report.apiserver_restarts += 1
+                operator = harness.start_operator()
+                wait_for("the job back at 3 workers", lambda: harness.status().get("readyWorkers", 0) >= 1
+                         and not harness.status().get("drains"), timeout=180)
+                for pod, deadline in list(deadlines.items()):
+                    wait_for(f"{pod} drained", lambda pod=pod: harness.gone(pod), timeout=120)  # type: ignore[misc]
+                    late = (datetime.datetime.now(datetime.UTC) - deadline).total_seconds()
+                    if late > 0:
+                        report.late_drains.append(f"{pod}: gone {late:.0f} s after its deadline")
+                    del deadlines[pod]
+            if restart_apiserver and not report.apiserver_restarts:
+                # No drain was in flight at the midpoint: make one, and restart the API server in the middle of it.
+                # The victim's control endpoint must answer (one that does not is drained at once, in less time
+                # than a poll takes), and its checkpoint is held back until the API server is back.
+                victim = wait_for("a worker with a control endpoint on a healthy node", lambda: [
+                    w for w in _healthy_workers(harness) if w.metadata.name in endpoints.serving], timeout=120)[0]
+                endpoints.delay = 3600.0
+                harness.nodes.signal(victim.spec.node_name, "karpenter", lead_seconds=60)
+                wait_for("drain recorded", lambda: victim.spec.node_name in (harness.status().get("drains") or {}))
                 harness.cluster.restart_apiserver()
                 report.apiserver_restarts += 1
-            operator = harness.start_operator()
-            wait_for("the job back at 3 workers", lambda: harness.status().get("readyWorkers", 0) >= 1
-                     and not harness.status().get("drains"), timeout=180)
-            for pod, deadline in list(deadlines.items()):
-                wait_for(f"{pod} drained", lambda pod=pod: harness.gone(pod), timeout=120)  # type: ignore[misc]
-                late = (datetime.datetime.now(datetime.UTC) - deadline).total_seconds()
-                if late > 0:
-                    report.late_drains.append(f"{pod}: gone {late:.0f} s after its deadline")
-                del deadlines[pod]
-        if restart_apiserver and not report.apiserver_restarts:
-            # No drain was in flight at the midpoint: make one, and restart the API server in the middle of it.
-            victim = wait_for("a worker on a healthy node", lambda: _healthy_workers(harness), timeout=120)[0]
-            harness.nodes.signal(victim.spec.node_name, "karpenter", lead_seconds=60)
-            wait_for("drain recorded", lambda: harness.status().get("drains"))
-            harness.cluster.restart_apiserver()
-            report.apiserver_restarts += 1
-            wait_for(f"{victim.metadata.name} drained", lambda: harness.gone(victim.metadata.name), timeout=120)
-        def settled() -> bool:
-            # The invariants below are what the soak checks; a worker still waiting to be placed after the last
-            # event is allowed (whether it is placed is the placement tests' business).
-            status = harness.status()
-            return status.get("readyWorkers", 0) >= 1 and not status.get("drains")
+                endpoints.delay = 2.0
+                wait_for(f"{victim.metadata.name} drained", lambda: harness.gone(victim.metadata.name), timeout=120)
+            def settled() -> bool:
+                # The invariants below are what the soak checks; a worker still waiting to be placed after the last
+                # event is allowed (whether it is placed is the placement tests' business).
+                status = harness.status()
+                return status.get("readyWorkers", 0) >= 1 and not status.get("drains")
 
-        try:
-            wait_for("the job settled", settled, timeout=180)
-        except AssertionError as e:
-            status = harness.status()
-            raise AssertionError(f"{e}: {_usable(harness)} usable nodes; status " + str(
-                {k: status.get(k) for k in ("phase", "readyWorkers", "drains", "cooldowns", "conditions")})) from None
-        harness.wait_reconciles()  # the operator has looked at the settled world before it is judged
-        _check_end_state(harness, report)
+            try:
+                wait_for("the job settled", settled, timeout=180)
+            except AssertionError as e:
+                status = harness.status()
+                shown = {k: status.get(k) for k in ("phase", "readyWorkers", "drains", "cooldowns", "conditions")}
+                raise AssertionError(f"{e}: {_usable(harness)} usable nodes; status {shown}") from None
+            harness.wait_reconciles()  # the operator has looked at the settled world before it is judged
+            _check_end_state(harness, report)
+    except AssertionError as e:  # what the operator was doing is what explains a soak that did not settle
+        tail = "\n".join(harness.operator_log(len(harness.operators) - 1).splitlines()[-40:])
+        raise AssertionError(f"{e}\n--- the last operator's log, last 40 lines ---\n{tail}") from None
     return report
 
 
