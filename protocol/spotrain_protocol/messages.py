@@ -1,0 +1,134 @@
+"""The two messages that are not /status: the checkpoint request the operator POSTs to a worker, and the
+completion record a trainer leaves as its container's termination message."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MAX_REQUEST_ID = 256
+DEFAULT_REASON = "request"
+#: The value of the ``spotrain`` key that makes a termination message a completion record.
+COMPLETED = "completed"
+
+
+class InvalidMessage(ValueError):
+    """A message that does not follow the protocol; the text names the field at fault."""
+
+
+def parse_rfc3339(field: str, value: Any) -> datetime.datetime:
+    """An RFC 3339 time with a zone (``Z`` or an offset); InvalidMessage naming ``field`` otherwise."""
+    if not isinstance(value, str):
+        raise InvalidMessage(f"{field} must be an RFC3339 string")
+    try:
+        parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidMessage(f"{field} {value!r} is not RFC3339") from exc
+    if parsed.tzinfo is None:
+        raise InvalidMessage(f"{field} {value!r} has no time zone")
+    return parsed
+
+
+@dataclass(frozen=True)
+class CheckpointRequest:
+    """The body of ``POST /checkpoint``: take a coordinated checkpoint, by ``deadline`` if one is given.
+
+    ``issued_at`` orders requests: the control server lets a pending request be replaced only by one issued later.
+    """
+
+    id: str
+    reason: str = DEFAULT_REASON
+    deadline: str | None = None  # RFC 3339
+    issued_at: str | None = None  # RFC 3339
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.id, "reason": self.reason, "deadline": self.deadline}
+        if self.issued_at is not None:
+            body["issued_at"] = self.issued_at
+        return body
+
+    @classmethod
+    def from_json(cls, obj: Any) -> CheckpointRequest:
+        """A decoded body, checked; InvalidMessage names the field at fault. An empty reason reads as
+        ``DEFAULT_REASON``."""
+        if not isinstance(obj, Mapping):
+            raise InvalidMessage("body must be a JSON object")
+        rid = obj.get("id")
+        if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_REQUEST_ID:
+            raise InvalidMessage(f"id must be a non-empty string (at most {MAX_REQUEST_ID} characters)")
+        reason = obj.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise InvalidMessage("reason must be a string")
+        deadline = obj.get("deadline")
+        if deadline is not None:
+            parse_rfc3339("deadline", deadline)
+        issued_at = obj.get("issued_at")
+        if issued_at is not None:
+            parse_rfc3339("issued_at", issued_at)
+        return cls(id=rid, reason=reason or DEFAULT_REASON, deadline=deadline, issued_at=issued_at)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> CheckpointRequest:
+        """A raw request body (an empty one is JSON null); InvalidMessage for anything else than a request."""
+        try:
+            obj = json.loads(body or b"null")
+        except (ValueError, RecursionError) as exc:
+            raise InvalidMessage(f"body is not JSON: {exc}") from exc
+        return cls.from_json(obj)
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A durable checkpoint, as a completion record names it."""
+
+    step: int | None = None
+    uri: str | None = None
+    time: str | None = None  # RFC 3339
+
+
+@dataclass(frozen=True)
+class CompletionRecord:
+    """The termination message of a trainer whose job completed: ``{"spotrain": "completed", "step": N,
+    "checkpoint": {"step": N, "uri": ..., "time": ...}}``. Once the workers are gone it is the only account of the
+    final checkpoint, so the operator takes that from here."""
+
+    step: int | None = None
+    checkpoint: CheckpointRef | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        record: dict[str, Any] = {"spotrain": COMPLETED, "step": self.step}
+        if self.checkpoint is not None:
+            record["checkpoint"] = asdict(self.checkpoint)
+        return record
+
+    def to_message(self) -> str:
+        return json.dumps(self.to_json())
+
+    @classmethod
+    def from_message(cls, message: str) -> CompletionRecord | None:
+        """The record in a termination message, when the message is exactly one; None for anything else (a crash
+        log that merely mentions "completed" is not one). A field of the wrong type reads as absent."""
+        try:
+            obj = json.loads(message)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(obj, Mapping) or obj.get("spotrain") != COMPLETED:
+            return None
+        checkpoint = obj.get("checkpoint")
+        return cls(
+            step=_count(obj.get("step")),
+            checkpoint=CheckpointRef(step=_count(checkpoint.get("step")), uri=_text(checkpoint.get("uri")),
+                                     time=_text(checkpoint.get("time")))
+            if isinstance(checkpoint, Mapping) else None,
+        )
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
