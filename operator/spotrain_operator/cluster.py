@@ -27,6 +27,7 @@ class Cluster:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
         self.policy = client.PolicyV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -80,6 +81,8 @@ class Cluster:
                 _drop(self.policy.create_namespaced_pod_disruption_budget(namespace, manifest, **RAW))
             elif manifest["kind"] == "Secret":  # the job's control token (pods.render_control_secret)
                 _drop(self.core.create_namespaced_secret(namespace, manifest, **RAW))
+            elif manifest["kind"] == "NetworkPolicy":  # the job's (network.render_network_policy)
+                _drop(self.networking.create_namespaced_network_policy(namespace, manifest, **RAW))
             else:
                 _drop(self.core.create_namespaced_service(namespace, manifest, **RAW))
             return True
@@ -90,6 +93,12 @@ class Cluster:
             # The rendezvous Service follows the current round: its selector moves with the store.
             patch = {"spec": {"selector": manifest["spec"]["selector"]}}
             _drop(self.core.patch_namespaced_service(manifest["metadata"]["name"], namespace, patch, **RAW))
+        elif manifest["kind"] == "NetworkPolicy":
+            # Out of date (the operator's settings changed) or edited by hand: the spec and its hash as rendered. A
+            # strategic merge patch replaces the ingress list whole (it has no merge key).
+            patch = {"metadata": {"annotations": manifest["metadata"]["annotations"]}, "spec": manifest["spec"]}
+            _drop(self.networking.patch_namespaced_network_policy(manifest["metadata"]["name"], namespace, patch,
+                                                                  **RAW))
         return False
 
     def delete_pod(self, namespace: str, name: str, grace_seconds: int | None, reason: str | None = None) -> None:

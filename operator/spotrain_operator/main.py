@@ -4,6 +4,8 @@
                       [--leader-elect [--leader-election-namespace NS] [--lease-duration 15] [--renew-deadline 10]
                        [--retry-period 2]] [--metrics-port 8080] [--health-port 8081]
                       [--aws-queue-url URL --aws-region R [--aws-endpoint-url URL] [--aws-queue-max-receives 5]]
+                      [--network-policy --network-policy-operator-labels JSON [--network-policy-operator-namespace NS]
+                       [--network-policy-control-from JSON]]
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from spotrain_operator import health, metrics
 from spotrain_operator.cluster import Cluster
 from spotrain_operator.control_auth import ControlKey, load_or_create_key
 from spotrain_operator.controllers import jobs  # importing registers the handlers
+from spotrain_operator.controllers import network as network_index
+from spotrain_operator.core.network import NetworkPolicyConfig
 from spotrain_operator.leader import ElectionTiming, LeaderElector
 
 log = logging.getLogger("spotrain.operator")
@@ -135,7 +139,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--control-key-file", default=os.environ.get("SPOTRAIN_CONTROL_KEY_FILE"),
                         help="the key each job's control-endpoint token is derived from (docs/security.md); when "
                         "omitted, kept in the Secret spotrain-control-key of --leader-election-namespace")
-    return parser.parse_args(argv)
+    parser.add_argument("--network-policy", action="store_true",
+                        help="make each job a NetworkPolicy: only its own pods reach its pods, and on the control "
+                        "port also the operator and --network-policy-control-from (docs/security.md)")
+    parser.add_argument("--network-policy-operator-namespace", default=os.environ.get("POD_NAMESPACE"),
+                        help="the operator's namespace (default: $POD_NAMESPACE)")
+    parser.add_argument("--network-policy-operator-labels",
+                        help='labels of the operator\'s pods, as a JSON object, e.g. {"app.kubernetes.io/name": '
+                        '"spotrain"}')
+    parser.add_argument("--network-policy-control-from", default="[]",
+                        help="more NetworkPolicyPeers allowed on the control port (e.g. Prometheus), as a JSON list")
+    args = parser.parse_args(argv)
+    args.network_policy_config = None
+    if args.network_policy:
+        try:
+            args.network_policy_config = NetworkPolicyConfig.parse(
+                args.network_policy_operator_namespace, args.network_policy_operator_labels,
+                args.network_policy_control_from)
+        except ValueError as e:
+            parser.error(str(e))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     metrics.set_leader(True)  # the Lease holder, or the only replica (alerts fire when no replica leads)
     control_key = (ControlKey.from_file(args.control_key_file) if args.control_key_file
                    else load_or_create_key(api_client, args.leader_election_namespace))
-    jobs.RUNTIME = jobs.Runtime(Cluster(api_client), resync_seconds=args.resync, control_key=control_key)
+    jobs.RUNTIME = jobs.Runtime(Cluster(api_client), resync_seconds=args.resync, control_key=control_key,
+                                network_policy=args.network_policy_config)
+    if args.network_policy_config:
+        network_index.register()
     stop = threading.Event()
     if args.aws_queue_url:
         from spotrain_operator.awsqueue import start_queue_consumer

@@ -28,9 +28,11 @@ from spotrain_operator import wellknown as wk
 from spotrain_operator.api import SOURCE_NAMES, SpecError, parse_spec
 from spotrain_operator.cluster import Cluster, Conflict
 from spotrain_operator.control_auth import ControlKey
+from spotrain_operator.controllers import network
 from spotrain_operator.controllers.capacity import CapacityIndexes
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, format_time
+from spotrain_operator.core.network import NetworkPolicyConfig
 from spotrain_operator.core.pods import CONTROL_PORT, JobRef, owning_job
 from spotrain_operator.core.provisioning import PROBE_ROLE
 from spotrain_operator.core.reconcile import Decision, Observed, TrainerStatus, decide
@@ -58,6 +60,8 @@ class Runtime:
     trainers: TrainerClient = field(default_factory=lambda: TrainerClient(CONTROL_PORT))
     # Derives each job's control-endpoint token (control_auth); None: workers run without one.
     control_key: ControlKey | None = None
+    # What each job's NetworkPolicy admits (core/network.py); None: the operator makes none.
+    network_policy: NetworkPolicyConfig | None = None
     resync_seconds: float = 10.0
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     last_trainer_poll: dict[tuple[str, str], float] = field(default_factory=dict)
@@ -147,7 +151,7 @@ async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped,
         while not stopped:
             wakeup.clear()
             try:
-                draining = await reconcile(rt, namespace, name, nodes_by_name, capacity)
+                draining = await reconcile(rt, namespace, name, nodes_by_name, capacity, kwargs.get(network.INDEX))
                 failures = 0
                 rt.refused.pop(key, None)
             except Exception as e:  # any failure: logged, reported on the job where possible, retried with backoff
@@ -197,19 +201,19 @@ class ApplyFailed(Exception):
 
 
 async def reconcile(rt: Runtime, namespace: str, name: str, nodes_index: kopf.Index[str, NodeView],
-                    capacity: CapacityIndexes | None = None) -> bool:
+                    capacity: CapacityIndexes | None = None, policies: network.PolicyIndex | None = None) -> bool:
     """One level-triggered pass: read, decide, write the status with the resourceVersion read (deciding again from a
     fresh read if someone wrote first), then act. Returns True while a drain waits on its checkpoint."""
     for _ in range(CONFLICT_RETRIES):
         try:
-            return await _reconcile_once(rt, namespace, name, nodes_index, capacity)
+            return await _reconcile_once(rt, namespace, name, nodes_index, capacity, policies)
         except Conflict:
             continue
     raise Conflict(f"{namespace}/{name}: the status changed under every one of {CONFLICT_RETRIES} writes")
 
 
 async def _reconcile_once(rt: Runtime, namespace: str, name: str, nodes_index: kopf.Index[str, NodeView],
-                          capacity: CapacityIndexes | None = None) -> bool:
+                          capacity: CapacityIndexes | None = None, policies: network.PolicyIndex | None = None) -> bool:
     started = time.perf_counter()
     job = await asyncio.to_thread(rt.cluster.get_job, namespace, name)
     if job is None or job["metadata"].get("deletionTimestamp"):
@@ -235,7 +239,8 @@ async def _reconcile_once(rt: Runtime, namespace: str, name: str, nodes_index: k
     trainers = await _probe_trainers(rt, (namespace, name), status, pods, ref.control_token)
     nodes = await _nodes_of(rt, nodes_index, pods)
     observed = Observed(ref, int(meta.get("generation", 0)), spec, status, pods, nodes, now, trainers,
-                        refused=rt.refused.get((namespace, name), ()),
+                        refused=rt.refused.get((namespace, name), ()), network_policy=rt.network_policy,
+                        network_policy_hash=network.policy_hash(policies, (namespace, name)),
                         **(capacity.observe() if capacity else {}))
     decision = decide(observed)
     _log_decision(namespace, name, decision)

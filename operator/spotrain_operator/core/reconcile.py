@@ -19,6 +19,7 @@ from spotrain_operator.api import JobSpec
 from spotrain_operator.core import actions as act
 from spotrain_operator.core import placement
 from spotrain_operator.core.model import Drain, JobStatus, NodeView, PodView, format_time
+from spotrain_operator.core.network import SPEC_HASH_ANNOTATION, NetworkPolicyConfig, render_network_policy
 from spotrain_operator.core.pods import (
     JobRef,
     render_control_secret,
@@ -102,6 +103,10 @@ class Observed:
     node_room: Mapping[str, placement.NodeRoom] = field(default_factory=dict)
     # Actions of the previous pass that the API refused (a 422, a quota, a webhook): reported on the job.
     refused: tuple[str, ...] = ()
+    # The job's NetworkPolicy (core/network.py): what it must admit (None: the operator makes none), and the spec hash
+    # on the one in the cluster (None: there is none).
+    network_policy: NetworkPolicyConfig | None = None
+    network_policy_hash: str | None = None
 
 
 @dataclass
@@ -244,6 +249,8 @@ class _Reconcile:
         elif self.spec.suspend:
             self.step("suspend", self.suspend)
         else:
+            # First: the job's pods are fenced in before any of them is created.
+            self.step("network policy", self.ensure_network_policy)
             self.step("orphans", self.collect_orphans)
             self.step("accounting", self.account_lost_workers)
             self.step("script failures", self.count_script_failures)
@@ -302,6 +309,14 @@ class _Reconcile:
         self.pending_since = self.scale_up_after = None
         self.drains.clear()
         self.condition("Ready", False, "Suspended", "spec.suspend is true")
+
+    def ensure_network_policy(self) -> None:
+        if self.o.network_policy is None:
+            return
+        policy = render_network_policy(self.o.job, self.o.network_policy)
+        # Only when the one in the cluster is missing or differs: a current policy costs no API call.
+        if policy["metadata"]["annotations"][SPEC_HASH_ANNOTATION] != self.o.network_policy_hash:
+            self.actions.append(act.EnsureService(policy))
 
     def collect_orphans(self) -> None:
         """Pods bound to a node that no longer exists never finish a graceful termination (no kubelet is left to
