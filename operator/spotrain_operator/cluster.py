@@ -47,6 +47,12 @@ class Cluster:
         pods: list[dict[str, Any]] = json.loads(response.data)["items"]
         return pods
 
+    def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
+        """core/v1 Events of a namespace, narrowed by the API server (reason, source, involvedObject.* fields)."""
+        response = self.core.list_namespaced_event(namespace, field_selector=field_selector, **RAW)
+        events: list[dict[str, Any]] = json.loads(response.data)["items"]
+        return events
+
     def read_config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         try:
             return dict(self.core.read_namespaced_config_map(name, namespace, _request_timeout=TIMEOUT).data or {})

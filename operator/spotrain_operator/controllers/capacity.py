@@ -7,12 +7,16 @@
 
 A NodePool change wakes every job: a raised limit is spot capacity coming back. Importing this module registers
 the handlers; the job daemon takes the indexes from its kwargs (``CapacityIndexes.from_kwargs``) and passes
-``observe()`` into ``Observed``.
+``observe()`` into ``Observed``, and ``unservable()``: what Karpenter says of the job's pending pods.
+
+Karpenter's FailedScheduling Events are read with a list narrowed by the API server (reason and source), in the
+job's namespace, only while one of its pods waits for a Karpenter node; they are not watched: a watch of every
+Event in the cluster would cost far more than this, and the job's resync brings the answer within seconds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -20,7 +24,18 @@ from typing import Any
 import kopf
 
 from spotrain_operator import wellknown as wk
-from spotrain_operator.core.provisioning import NodePoolView, NodeRoom, bound_pod_requests
+from spotrain_operator.api import JobSpec
+from spotrain_operator.cluster import Cluster
+from spotrain_operator.core.model import PodView
+from spotrain_operator.core.provisioning import (
+    KARPENTER_EVENTS_SELECTOR,
+    PROBE_ROLE,
+    NodePoolView,
+    NodeRoom,
+    bound_pod_requests,
+    node_pool_of,
+    pods_karpenter_cannot_serve,
+)
 
 PodRequests = dict[str, Decimal]
 
@@ -74,3 +89,23 @@ class CapacityIndexes:
                 continue
             rooms[name] = NodeRoom.of(allocatable, self.requests.get(name, []))
         return {"node_pools": pools, "node_room": rooms}
+
+
+def unservable(cluster: Cluster, namespace: str, spec: JobSpec, pods: Sequence[PodView],
+               node_pools: Mapping[str, NodePoolView]) -> dict[str, str]:
+    """The ``unservable`` field of ``Observed``: the job's pending workers and probes that Karpenter reports it
+    cannot provision for, with its reason. Only pods the scheduler found Unschedulable are asked about (Karpenter
+    provisions for no other), and only those of pools that select a NodePool it has: Karpenter's verdict on a pod
+    meant for a pool it does not manage (a cluster-autoscaler node group, a static pool) says nothing."""
+    pools = {p.name: p for p in spec.pools}
+    waiting: dict[str, NodePoolView] = {}
+    for pod in pods:
+        pool = pools.get(pod.pool)
+        if pool is None or pod.role not in ("worker", PROBE_ROLE) or not pod.active or pod.node \
+                or not pod.unschedulable_since:
+            continue
+        if (node_pool := node_pool_of(pool.node_selector, node_pools)) is not None:
+            waiting[pod.name] = node_pool
+    if not waiting:
+        return {}
+    return pods_karpenter_cannot_serve(cluster.list_events(namespace, KARPENTER_EVENTS_SELECTOR), waiting)

@@ -29,7 +29,7 @@ from spotrain_operator.api import SOURCE_NAMES, SpecError, parse_spec
 from spotrain_operator.cluster import Cluster, Conflict
 from spotrain_operator.control_auth import ControlKey
 from spotrain_operator.controllers import network
-from spotrain_operator.controllers.capacity import CapacityIndexes
+from spotrain_operator.controllers.capacity import CapacityIndexes, unservable
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, format_time
 from spotrain_operator.core.network import NetworkPolicyConfig
@@ -238,10 +238,12 @@ async def _reconcile_once(rt: Runtime, namespace: str, name: str, nodes_index: k
     now = datetime.datetime.now(datetime.UTC)
     trainers = await _probe_trainers(rt, (namespace, name), status, pods, ref.control_token)
     nodes = await _nodes_of(rt, nodes_index, pods)
+    found = capacity.observe() if capacity else {}  # NodePools and the room on each node
+    cannot_serve = await asyncio.to_thread(unservable, rt.cluster, namespace, spec, pods, found.get("node_pools", {}))
     observed = Observed(ref, int(meta.get("generation", 0)), spec, status, pods, nodes, now, trainers,
                         refused=rt.refused.get((namespace, name), ()), network_policy=rt.network_policy,
                         network_policy_hash=network.policy_hash(policies, (namespace, name)),
-                        **(capacity.observe() if capacity else {}))
+                        unservable=cannot_serve, **found)
     decision = decide(observed)
     _log_decision(namespace, name, decision)
     await apply(rt, job, decision, observed, started)

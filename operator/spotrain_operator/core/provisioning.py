@@ -6,12 +6,16 @@
   so that two jobs, or a job and a big pod, are never placed on the same full node.
 - Manifests that protect a job from voluntary disruption: the rendezvous pod's PodDisruptionBudget, and the
   annotations Karpenter and cluster-autoscaler honour.
+- ``karpenter_cannot_serve``: what Karpenter reports when it will not provision a node for a pending pod, read from
+  the Events it writes on the pod, so that the worker is re-placed at once rather than after its pool's
+  provisioning timeout.
 
 Quantities are parsed with the Kubernetes client's ``parse_quantity`` (the API's own suffix rules).
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -20,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from kubernetes.utils.quantity import parse_quantity
 
 from spotrain_operator import wellknown as wk
+from spotrain_operator.core.model import parse_time
 
 if TYPE_CHECKING:  # placement and pods import this module
     from spotrain_operator.core.placement import Choice
@@ -27,6 +32,7 @@ if TYPE_CHECKING:  # placement and pods import this module
 
 Resources = Mapping[str, Decimal]
 NODEPOOL_LABEL = wk.KARPENTER_NODEPOOL
+_LONG_AGO = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)  # Ready, since a time nobody recorded
 
 
 def _quantities(values: Mapping[str, Any] | None) -> dict[str, Decimal]:
@@ -109,12 +115,15 @@ class NodePoolView:
     limits: Resources = field(default_factory=dict)
     usage: Resources = field(default_factory=dict)  # status.resources: what its nodes hold now
     deleting: bool = False
+    ready_since: datetime.datetime | None = None  # its Ready condition's lastTransitionTime; None: not Ready
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> NodePoolView:
         meta = body.get("metadata") or {}
         spec = body.get("spec") or {}
         requirements = ((spec.get("template") or {}).get("spec") or {}).get("requirements") or []
+        conditions = (body.get("status") or {}).get("conditions") or []
+        ready = next((c for c in conditions if isinstance(c, Mapping) and c.get("type") == "Ready"), {})
         return cls(
             name=meta["name"],
             zones=_requirement_values(requirements, wk.ZONE),
@@ -123,6 +132,8 @@ class NodePoolView:
             limits=_quantities(spec.get("limits")),
             usage=_quantities((body.get("status") or {}).get("resources")),
             deleting=bool(meta.get("deletionTimestamp")),
+            ready_since=(parse_time(ready.get("lastTransitionTime")) or _LONG_AGO) if ready.get("status") == "True"
+            else None,
         )
 
     def can_launch(self, capacity_type: str, node_selector: Mapping[str, str], request: Resources) -> bool:
@@ -130,7 +141,8 @@ class NodePoolView:
         the capacity type and instance type, and its limits leave at least the pod's request. Karpenter launches
         nothing once usage exceeds a limit and skips instance types larger than what is left
         (pkg/apis/v1/nodepool.go Limits.ExceededBy; the provisioner's remaining-resources filter); the node's
-        size is Karpenter's choice, so a too-small remainder above the request shows as a provisioning timeout."""
+        size is Karpenter's choice, so a remainder above the request but below every instance type's capacity is
+        learnt from Karpenter itself (``karpenter_cannot_serve``)."""
         if self.deleting:
             return False
         if self.capacity_types is not None and capacity_type not in self.capacity_types:
@@ -149,6 +161,74 @@ class NodePoolView:
 def node_pool_of(node_selector: Mapping[str, str], node_pools: Mapping[str, NodePoolView]) -> NodePoolView | None:
     name = node_selector.get(NODEPOOL_LABEL)
     return node_pools.get(name) if name else None
+
+
+# -- what the autoscaler says it cannot serve ------------------------------------------------------------------
+#
+# Karpenter v1.13 (sigs.k8s.io/karpenter) tells of a pod it will not provision for in one place: a Warning Event
+# on the pod, reason FailedScheduling, source component "karpenter" (pkg/operator/operator.go:248 records as
+# AppName "karpenter"), message "Failed to schedule pod, <errors>" (pkg/controllers/provisioning/scheduling/
+# events.go:64 PodFailedToScheduleEvent), published for every pod its scheduling simulation could fit on no
+# existing, in-flight or new node, that is, with no scale-up (scheduler.go:247 Results.Record; provisioner.go:189
+# for pods it ignores). The errors are one per NodePool, joined by "; " (multierr). Those of a NodePool reaching
+# its limits name it: "node limits have been exhausted for nodepool (NodePool=NAME)" and "all available instance
+# types exceed limits for nodepool (NodePool=NAME)" (scheduler.go:625 and :630, serrors.Wrap); those of a NodePool
+# with no instance type or offering left for the pod print the NodeClaim's requirements, which hold
+# "karpenter.sh/nodepool In [NAME]" (nodeclaim.go:364-398, InstanceTypeFilterError; nodeclaimtemplate.go:71). A
+# launch that fails for insufficient capacity deletes the NodeClaim and writes InsufficientCapacityError on the
+# NodeClaim, not the pod (pkg/controllers/nodeclaim/lifecycle/launch.go:85); the pod is pending again, and the
+# next simulation, with the offering the cloud provider now marks unavailable, reports it as above. A NodePool
+# that is not Ready is left out of the simulation (provisioner.go:252), so its pods are reported as incompatible
+# with the others: such a report is not taken for an answer until the NodePool is Ready.
+
+FAILED_SCHEDULING = "FailedScheduling"
+KARPENTER_COMPONENT = "karpenter"
+KARPENTER_EVENTS_SELECTOR = f"reason={FAILED_SCHEDULING},source={KARPENTER_COMPONENT}"  # core/v1 Event fields
+_KARPENTER_PREFIX = "Failed to schedule pod, "
+_REASON_CHARS = 300
+
+
+def _event_time(event: Mapping[str, Any]) -> datetime.datetime | None:
+    times = [t for k in ("lastTimestamp", "eventTime", "firstTimestamp") if (t := parse_time(event.get(k)))]
+    return max(times, default=None)
+
+
+def karpenter_cannot_serve(event: Mapping[str, Any], node_pool: NodePoolView) -> str | None:
+    """Why Karpenter will not provision a node for a pod of ``node_pool``, from an Event written on that pod; None
+    when the event says nothing of the kind (another reason or reporter, a NodePool not Ready when it was written).
+    The reason is Karpenter's own words, those about this NodePool first (others only say it is not theirs)."""
+    if not isinstance(event, Mapping) or event.get("reason") != FAILED_SCHEDULING:
+        return None
+    source = event.get("source")
+    component = (source.get("component") if isinstance(source, Mapping) else None) or event.get("reportingComponent")
+    if component != KARPENTER_COMPONENT or node_pool.ready_since is None:
+        return None
+    written = _event_time(event)
+    if written is None or written < node_pool.ready_since:
+        return None
+    message = str(event.get("message") or "").removeprefix(_KARPENTER_PREFIX).strip()
+    errors = [e.strip() for e in message.split("; ") if e.strip()]
+    named = [e for e in errors if f"NodePool={node_pool.name})" in e
+             or (f"{NODEPOOL_LABEL} In [{node_pool.name}]" in e and f"key {NODEPOOL_LABEL}," not in e)]
+    not_others = [e for e in errors if f"key {NODEPOOL_LABEL}," not in e]
+    reason = "; ".join(named or not_others[:1] or errors[:1]) or "no reason given"
+    return reason[:_REASON_CHARS]
+
+
+def pods_karpenter_cannot_serve(events: Iterable[Mapping[str, Any]],
+                                waiting: Mapping[str, NodePoolView]) -> dict[str, str]:
+    """Pod name -> why Karpenter cannot serve it, for the pending pods in ``waiting`` (name -> the NodePool its pool
+    selects), from the Events of their namespace."""
+    found: dict[str, str] = {}
+    for event in events:
+        involved = event.get("involvedObject") if isinstance(event, Mapping) else None
+        if not isinstance(involved, Mapping) or involved.get("kind") != "Pod":
+            continue
+        name = str(involved.get("name"))
+        node_pool = waiting.get(name)
+        if node_pool is not None and name not in found and (why := karpenter_cannot_serve(event, node_pool)):
+            found[name] = why
+    return found
 
 
 # -- protection from voluntary disruption --------------------------------------------------------------------

@@ -103,6 +103,9 @@ class Observed:
     node_room: Mapping[str, placement.NodeRoom] = field(default_factory=dict)
     # Actions of the previous pass that the API refused (a 422, a quota, a webhook): reported on the job.
     refused: tuple[str, ...] = ()
+    # Pending workers and probes whose (pool, zone) the autoscaler reports it cannot serve, with its words
+    # (provisioning.pods_karpenter_cannot_serve): re-placed at once, not after the provisioning timeout.
+    unservable: Mapping[str, str] = field(default_factory=dict)
     # The job's NetworkPolicy (core/network.py): what it must admit (None: the operator makes none), and the spec hash
     # on the one in the cluster (None: there is none).
     network_policy: NetworkPolicyConfig | None = None
@@ -645,25 +648,34 @@ class _Reconcile:
     def _replace_stranded(self, live: list[PodView]) -> None:
         """A pending worker (or return-to-spot probe) whose node will not come is placed again elsewhere: at once
         when its pool and zone can no longer offer a node at all (the zone lost its last node while the worker was
-        being placed, its NodePool reached its limits), and after the pool's provisioningTimeout otherwise (the
-        autoscaler did not deliver), with the pool and zone cooled down so the next offering is tried."""
+        being placed, its NodePool reached its limits), as soon as the autoscaler reports it cannot serve them
+        (``Observed.unservable``), and after the pool's provisioningTimeout otherwise (the autoscaler did not
+        deliver); in the last two cases with the pool and zone cooled down so the next offering is tried."""
         anywhere = {(o.pool, o.zone) for o in self._offerings(fallback_active=True, workers=[], cooldowns={})}
         probes = [p for p in self.o.pods if p.role == PROBE_ROLE and p.active]
         for w in [*live, *probes]:
             if w.phase != "Pending" or w.node or w.name in self.removed:
                 continue
-            if w.unschedulable_since and (w.pool, w.zone) not in anywhere:
-                self.remove(w, f"{w.pool}/{w.zone} can offer no node; placing the {w.role} elsewhere")
-                continue
-            timeout = datetime.timedelta(seconds=self.spec.pool(w.pool).provisioning_timeout_seconds)
-            if w.created is None or self.now - w.created < timeout:
-                continue
             key = placement.cooldown_key(w.pool, w.zone)
-            self.cooldowns[key] = self.now + datetime.timedelta(seconds=self.spec.cooldown_seconds)
-            self.remove(w, f"no node for {key} within its provisioning timeout")
-            waited = int((self.now - w.created).total_seconds())
-            self.event("ProvisioningTimeout", f"{w.role} {w.name} waited {waited} s for a node in {key}; {key} "
-                       f"avoided until {format_time(self.cooldowns[key])}", warning=True)
+            if w.unschedulable_since and (w.pool, w.zone) not in anywhere:
+                self.remove(w, f"{key} can offer no node; placing the {w.role} elsewhere")
+            elif why := self.o.unservable.get(w.name):
+                until = self._cool_down(key)
+                self.remove(w, f"the autoscaler cannot serve {key}")
+                self.event("CapacityUnavailable", f"the autoscaler cannot provision a node in {key} for {w.role} "
+                           f"{w.name} ({why}); {key} avoided until {until}", warning=True)
+            elif w.created is not None and self.now - w.created >= datetime.timedelta(
+                    seconds=self.spec.pool(w.pool).provisioning_timeout_seconds):
+                until = self._cool_down(key)
+                self.remove(w, f"no node for {key} within its provisioning timeout")
+                waited = int((self.now - w.created).total_seconds())
+                self.event("ProvisioningTimeout", f"{w.role} {w.name} waited {waited} s for a node in {key}; {key} "
+                           f"avoided until {until}", warning=True)
+
+    def _cool_down(self, key: str) -> str:
+        """Avoids a pool and zone for spec.placement.cooldown; returns until when, as text."""
+        self.cooldowns[key] = self.now + datetime.timedelta(seconds=self.spec.cooldown_seconds)
+        return format_time(self.cooldowns[key])
 
     def _since_text(self) -> str:
         if self.pending_since is None:
