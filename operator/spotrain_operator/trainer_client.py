@@ -1,9 +1,9 @@
 """HTTP client for the workers' control endpoint (spotrain_trainer's control server, one per pod).
 
-A worker is not trusted: its answer is read up to ``MAX_ANSWER_BYTES`` and checked field by field against
-``STATUS_FIELDS`` before the core sees it. An answer that is too big, is not a JSON object, or nests too deep counts
-as no answer (the endpoint is treated as unreachable); a field of the wrong type is dropped. Nothing a worker
-sends can raise in the reconcile or hold much of the operator's memory.
+A worker is not trusted: its answer is read up to ``MAX_ANSWER_BYTES`` and parsed by spotrain_protocol.parse_status,
+which checks it field by field. An answer that is too big, is not a JSON object, or nests too deep counts as no
+answer (the endpoint is treated as unreachable); a field of the wrong type is dropped. Nothing a worker sends can
+raise in the reconcile or hold much of the operator's memory.
 
 With the job's token (``control_auth``), every call carries ``Authorization: Bearer <token>``.
 """
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable
 
 import aiohttp
 
-from spotrain_operator.core.reconcile import TrainerStatus
+from spotrain_protocol import CheckpointRequest, TrainerStatus, parse_status
+from spotrain_protocol.constants import CHECKPOINT_PATH, STATUS_PATH, authorization
 
 log = logging.getLogger("spotrain.trainer_client")
 TIMEOUT = aiohttp.ClientTimeout(total=2.0, connect=1.0)
@@ -28,53 +27,6 @@ TIMEOUT = aiohttp.ClientTimeout(total=2.0, connect=1.0)
 KEEPALIVE_SECONDS = 5.0
 # A real /status is about 2 KiB.
 MAX_ANSWER_BYTES = 64 * 1024
-MAX_TEXT = 2048
-MAX_INT = 2**63 - 1
-
-# The fields of GET /status the operator reads (TrainerStatus.from_json), and their types: a type, or a nested
-# object of its own fields. Everything else is dropped; a field of another type reads as absent (None).
-Schema = dict[str, "type | Schema"]
-STATUS_SCHEMA: Schema = {
-    "step": int,
-    "completed": bool,
-    "handled_request_id": str,
-    "last_checkpoint": {"step": int, "time": str, "uri": str, "request_id": str},
-    "checkpoint_request": {"id": str},
-}
-
-
-def _checked(value: Any, kind: type | Schema) -> Any:
-    if isinstance(kind, dict):
-        return _object(value, kind)
-    if kind is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_INT
-    elif kind is str:
-        ok = isinstance(value, str) and len(value) <= MAX_TEXT
-    else:
-        ok = isinstance(value, kind)
-    return value if ok else None
-
-
-def _object(value: Any, schema: Schema) -> dict[str, Any] | None:
-    return {k: _checked(value.get(k), kind) for k, kind in schema.items()} if isinstance(value, Mapping) else None
-
-
-def sanitize_status(body: Any) -> dict[str, Any] | None:
-    """The parts of a /status answer the operator uses, each of the right type; None for a non-object."""
-    return _object(body, STATUS_SCHEMA)
-
-
-def parse_status(raw: bytes) -> TrainerStatus | None:
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    clean = sanitize_status(body)
-    return None if clean is None else TrainerStatus.from_json(clean)
-
-
-def _auth(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class TrainerClient:
@@ -103,7 +55,8 @@ class TrainerClient:
         """None when the endpoint cannot be reached (between rendezvous rounds, on a dead node), refuses the
         token, or answers something that is not a bounded /status."""
         try:
-            async with self._http().get(f"http://{ip}:{self.port}/status", headers=_auth(token)) as response:
+            async with self._http().get(f"http://{ip}:{self.port}{STATUS_PATH}",
+                                        headers=authorization(token)) as response:
                 if response.status != 200:
                     self._note_refusal(ip, response.status)
                     return None
@@ -124,10 +77,10 @@ class TrainerClient:
 
     async def request_checkpoint(self, ip: str, request_id: str, reason: str, deadline: str,
                                  token: str | None = None, issued_at: str | None = None) -> bool:
-        body = {"id": request_id, "reason": reason, "deadline": deadline, "issued_at": issued_at or _now()}
+        body = CheckpointRequest(id=request_id, reason=reason, deadline=deadline, issued_at=issued_at or _now())
         try:
-            async with self._http().post(f"http://{ip}:{self.port}/checkpoint", json=body,
-                                         headers=_auth(token)) as response:
+            async with self._http().post(f"http://{ip}:{self.port}{CHECKPOINT_PATH}", json=body.to_json(),
+                                         headers=authorization(token)) as response:
                 self._note_refusal(ip, response.status)
                 return response.status in (200, 202)
         except (aiohttp.ClientError, TimeoutError):

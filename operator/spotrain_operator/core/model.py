@@ -7,12 +7,12 @@ core never touches the API itself.
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from spotrain_operator import wellknown as wk
+from spotrain_protocol import CompletionRecord
 
 
 def parse_time(value: Any) -> datetime.datetime | None:
@@ -124,16 +124,10 @@ class PodView:
         return not self.deleting and self.phase in ("Pending", "Running")
 
     @property
-    def completion_record(self) -> dict[str, Any] | None:
-        """The trainer's completion record (``{"spotrain": "completed", "step": ..., "checkpoint": {...}}``) when the
-        termination message is exactly that; a crash log that merely mentions "completed" is not one."""
-        try:
-            message = json.loads(self.termination_message)
-        except ValueError:
-            return None
-        if not isinstance(message, dict) or message.get("spotrain") != "completed":
-            return None
-        return message
+    def completion_record(self) -> CompletionRecord | None:
+        """The trainer's completion record when the termination message is exactly one; a crash log that merely
+        mentions "completed" is not one."""
+        return CompletionRecord.from_message(self.termination_message)
 
     @property
     def completed(self) -> bool:
@@ -142,8 +136,8 @@ class PodView:
     @property
     def final_checkpoint(self) -> dict[str, Any]:
         """The checkpoint a completed trainer names in its termination message (step, uri, time), if any."""
-        checkpoint = (self.completion_record or {}).get("checkpoint")
-        return dict(checkpoint) if isinstance(checkpoint, dict) else {}
+        record = self.completion_record
+        return asdict(record.checkpoint) if record is not None and record.checkpoint is not None else {}
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> PodView:

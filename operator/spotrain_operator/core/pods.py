@@ -25,17 +25,15 @@ from spotrain_operator import wellknown as wk
 from spotrain_operator.api import JobSpec
 from spotrain_operator.core.placement import Choice, pool_tolerations
 from spotrain_operator.core.provisioning import disruption_annotations
+from spotrain_protocol import CONTROL_PORT, WorkerEnv, envvars
 
-CONTROL_PORT = 8470
 # Kubelet gives a preempted pod this long between SIGTERM and SIGKILL unless the template says otherwise:
 # inside AWS's 2-minute notice, with room for the drain to start.
 DEFAULT_GRACE_SECONDS = 90
 RENDEZVOUS_SUFFIX = "rdzv"
-# The job's control token: the operator puts it in this Secret key, the worker reads it from this variable.
+# The job's control token: the operator puts it in this Secret key, the worker reads it from envvars.CONTROL_TOKEN.
 CONTROL_TOKEN_KEY = "token"
-CONTROL_TOKEN_ENV = "SPOTRAIN_CONTROL_TOKEN"
-# Checkpoints for object stores are staged on local disk before upload (spotrain_trainer.config reads it).
-STAGING_DIR_ENV = "SPOTRAIN_STAGING_DIR"
+# Checkpoints for object stores are staged on local disk before upload, here (WorkerEnv.staging_dir).
 STAGING_MOUNT = "/var/spotrain/staging"
 LAUNCHER = "spotrain-launch"
 # Pod Security "restricted" for the containers spotrain adds, and the defaults it fills into workers.
@@ -149,35 +147,32 @@ def _downward(name: str, path: str) -> dict[str, Any]:
 
 
 def worker_env(job: JobRef, spec: JobSpec, round_: int, mtbf_seconds: float | None) -> list[dict[str, Any]]:
-    """The trainer's contract (spotrain-launch reads these)."""
+    """The trainer's contract (spotrain_protocol.WorkerEnv; spotrain-launch reads these)."""
     ck = spec.checkpoint
-    values = {
-        "SPOTRAIN_JOB_NAME": job.name,
-        "SPOTRAIN_NAMESPACE": job.namespace,
-        "SPOTRAIN_RDZV_ENDPOINT": job.rendezvous_endpoint(spec.rendezvous_port),
-        "SPOTRAIN_RDZV_ID": job.rendezvous_id(round_),
-        "SPOTRAIN_MIN_NODES": str(spec.min_nodes),
-        "SPOTRAIN_MAX_NODES": str(spec.max_nodes),
-        "SPOTRAIN_NPROC_PER_NODE": str(spec.nproc_per_node),
-        "SPOTRAIN_CHECKPOINT_URI": ck.uri,
-        "SPOTRAIN_CHECKPOINT_INTERVAL": "auto" if ck.interval == "auto" else str(ck.interval_seconds),
-        "SPOTRAIN_CHECKPOINT_MIN_INTERVAL": str(ck.min_interval_seconds),
-        "SPOTRAIN_CHECKPOINT_MAX_INTERVAL": str(ck.max_interval_seconds),
-        "SPOTRAIN_KEEP_LAST": str(ck.keep_last),
-        "SPOTRAIN_CONTROL_PORT": str(CONTROL_PORT),
-    }
-    if mtbf_seconds:
-        values["SPOTRAIN_MTBF_SECONDS"] = f"{mtbf_seconds:.0f}"
-    if ck.s3_endpoint_url:
-        values["SPOTRAIN_S3_ENDPOINT_URL"] = ck.s3_endpoint_url
+    values = WorkerEnv(
+        job_name=job.name,
+        namespace=job.namespace,
+        rdzv_endpoint=job.rendezvous_endpoint(spec.rendezvous_port),
+        rdzv_id=job.rendezvous_id(round_),
+        min_nodes=spec.min_nodes,
+        max_nodes=spec.max_nodes,
+        nproc_per_node=spec.nproc_per_node,
+        checkpoint_uri=ck.uri,
+        checkpoint_interval=envvars.AUTO if ck.interval == envvars.AUTO else ck.interval_seconds,
+        checkpoint_min_interval=ck.min_interval_seconds,
+        checkpoint_max_interval=ck.max_interval_seconds,
+        keep_last=ck.keep_last,
+        control_port=CONTROL_PORT,
+        mtbf_seconds=round(mtbf_seconds) if mtbf_seconds else None,
+        s3_endpoint_url=ck.s3_endpoint_url or None,
+        staging_dir=STAGING_MOUNT if ck.uri.startswith("s3://") else None,
+    ).to_env()
     if ck.s3_region:
         values["AWS_DEFAULT_REGION"] = ck.s3_region
-    if ck.uri.startswith("s3://"):
-        values[STAGING_DIR_ENV] = STAGING_MOUNT
     env = [_downward("POD_NAME", "metadata.name"), _downward("POD_IP", "status.podIP"), *_env(values)]
     if job.control_token:
         # An env var, not a mounted file: the devcluster's pod runner resolves secretKeyRef but mounts nothing.
-        env.append({"name": CONTROL_TOKEN_ENV,
+        env.append({"name": envvars.CONTROL_TOKEN,
                     "valueFrom": {"secretKeyRef": {"name": job.control_secret, "key": CONTROL_TOKEN_KEY}}})
     if ck.credentials_secret:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):

@@ -31,59 +31,13 @@ from spotrain_operator.core.pods import (
 from spotrain_operator.core.provisioning import PROBE_ROLE, render_probe, render_rendezvous_pdb
 from spotrain_operator.core.termination import TerminationNotice, node_notice, pod_notice
 from spotrain_operator.wellknown import ROLE_LABEL
+from spotrain_protocol import TrainerStatus
 
 ACCOUNTED_KEPT = 100
 TERMINAL = ("Succeeded", "Failed")
 # A rendezvous store whose node is cordoned, or whose pool left the spec, moves without a cloud deadline: this bounds
 # how long the move waits for the workers' checkpoint before it goes ahead anyway.
 STORE_MOVE_DEADLINE = datetime.timedelta(minutes=5)
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-@dataclass(frozen=True)
-class TrainerStatus:
-    """What a worker's control endpoint reports (GET /status); fields of the wrong type read as absent."""
-
-    step: int | None = None
-    checkpoint_step: int | None = None
-    checkpoint_time: str | None = None
-    checkpoint_uri: str | None = None
-    checkpoint_request_id: str | None = None  # the request the last durable checkpoint answered
-    completed: bool = False
-    pending_request_id: str | None = None  # a request the pod holds but has not made durable yet
-    handled_request_id: str | None = None
-    script_failures: int | None = None  # the training script's own crashes in this pod, across restarts
-    error: str | None = None  # the last of them
-
-    def knows(self, request_id: str) -> bool:
-        """The pod holds this checkpoint request, or has already answered it."""
-        return request_id in (self.pending_request_id, self.handled_request_id, self.checkpoint_request_id)
-
-    @classmethod
-    def from_json(cls, body: Mapping[str, Any]) -> TrainerStatus:
-        last = body.get("last_checkpoint")
-        last = last if isinstance(last, Mapping) else {}
-        pending = body.get("checkpoint_request")
-        pending = pending if isinstance(pending, Mapping) else {}
-        return cls(
-            step=_count(body.get("step")),
-            checkpoint_step=_count(last.get("step")),
-            checkpoint_time=_str(last.get("time")),
-            checkpoint_uri=_str(last.get("uri")),
-            checkpoint_request_id=_str(last.get("request_id")),
-            completed=body.get("completed") is True,
-            pending_request_id=_str(pending.get("id")),
-            handled_request_id=_str(body.get("handled_request_id")),
-            script_failures=_count(body.get("script_failures")),
-            error=_str(body.get("error")),
-        )
 
 
 @dataclass(frozen=True)

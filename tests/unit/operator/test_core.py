@@ -26,8 +26,9 @@ from spotrain_operator.api import SpecError, parse_duration, parse_spec
 from spotrain_operator.core import actions as act
 from spotrain_operator.core import placement
 from spotrain_operator.core.model import JobStatus, Taint
-from spotrain_operator.core.reconcile import TrainerStatus, decide
+from spotrain_operator.core.reconcile import decide
 from spotrain_operator.core.termination import node_notice, pod_notice
+from spotrain_protocol import TrainerStatus
 
 # -- api --------------------------------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ from spotrain_dev.corekit import NOW, node, observe, spec, store, worker
 from spotrain_operator import wellknown as wk
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, Taint
-from spotrain_operator.core.reconcile import Decision, Observed, TrainerStatus, decide
+from spotrain_operator.core.reconcile import Decision, Observed, decide
+from spotrain_protocol import TrainerStatus
 
 ZONES = ("a", "b", "c")
 NOTICE_TAINTS = [

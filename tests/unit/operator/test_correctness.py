@@ -16,7 +16,8 @@ from spotrain_operator import wellknown as wk
 from spotrain_operator.api import SpecError, parse_spec
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, Taint, parse_time
-from spotrain_operator.core.reconcile import Decision, TrainerStatus, decide
+from spotrain_operator.core.reconcile import Decision, decide
+from spotrain_protocol import TrainerStatus
 
 KARPENTER = (Taint(wk.KARPENTER_DISRUPTED, "", "NoSchedule"),)
 SECOND = datetime.timedelta(seconds=1)

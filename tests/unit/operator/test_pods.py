@@ -19,8 +19,6 @@ from spotrain_operator.cluster import Cluster
 from spotrain_operator.controllers import jobs
 from spotrain_operator.core.placement import Choice
 from spotrain_operator.core.pods import (
-    CONTROL_TOKEN_ENV,
-    STAGING_DIR_ENV,
     JobRef,
     dns_label,
     job_label_value,
@@ -33,6 +31,7 @@ from spotrain_operator.core.pods import (
     selector,
     worker_name,
 )
+from spotrain_protocol import envvars
 
 QUICKSTART = yaml.safe_load((Path(__file__).resolve().parents[3] / "examples" / "quickstart.yaml").read_text())
 JOB = JobRef("job", "ns", "0123456789abcdef", "t0ken")
@@ -133,11 +132,11 @@ def test_the_control_token_comes_from_the_jobs_secret() -> None:
     secret = render_control_secret(JOB)
     assert secret["kind"] == "Secret" and secret["stringData"] == {"token": "t0ken"}
     assert secret["metadata"]["ownerReferences"][0]["uid"] == JOB.uid
-    ref = env_of(worker())[CONTROL_TOKEN_ENV]["valueFrom"]["secretKeyRef"]
+    ref = env_of(worker())[envvars.CONTROL_TOKEN]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": secret["metadata"]["name"], "key": "token"}
     assert "t0ken" not in repr(JOB), "the token stays out of logs"
     no_token = JobRef("job", "ns", "0123456789abcdef")
-    assert CONTROL_TOKEN_ENV not in env_of(worker(no_token))
+    assert envvars.CONTROL_TOKEN not in env_of(worker(no_token))
 
 
 def test_the_control_secret_name_changes_with_the_uid() -> None:
@@ -214,10 +213,10 @@ def test_s3_checkpoints_are_staged_on_an_empty_dir() -> None:
     volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
     assert volumes["spotrain-staging"] == {"name": "spotrain-staging", "emptyDir": {}}
     mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
-    assert env_of(pod)[STAGING_DIR_ENV]["value"] == mounts["spotrain-staging"]
+    assert env_of(pod)[envvars.STAGING_DIR]["value"] == mounts["spotrain-staging"]
     local = worker(spec_=spec(uri="/mnt/ckpt", volume={"claimName": "ckpt"}))
     assert "spotrain-staging" not in {v["name"] for v in local["spec"].get("volumes", [])}
-    assert STAGING_DIR_ENV not in env_of(local)
+    assert envvars.STAGING_DIR not in env_of(local)
     limited = worker(spec_=spec(uri="s3://bucket/prefix", stagingSizeLimit="50Gi"))
     volumes = {v["name"]: v for v in limited["spec"]["volumes"]}
     assert volumes["spotrain-staging"]["emptyDir"] == {"sizeLimit": "50Gi"}

@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spotrain_operator.control_auth import ControlKey
-from spotrain_operator.core.reconcile import TrainerStatus
-from spotrain_operator.trainer_client import MAX_ANSWER_BYTES, TrainerClient, parse_status, sanitize_status
+from spotrain_operator.trainer_client import MAX_ANSWER_BYTES, TrainerClient
+from spotrain_protocol import TrainerStatus, parse_status
+from spotrain_protocol.status import sanitize_status
 from spotrain_trainer.server import ControlState, serve
 
 json_values = st.recursive(
@@ -68,7 +69,7 @@ def test_wrong_types_are_dropped_field_by_field() -> None:
                              "extra": "x" * 1000})
     assert clean == {"step": None, "completed": None, "handled_request_id": None,
                      "last_checkpoint": {"step": None, "time": None, "uri": "s3://b/k", "request_id": None},
-                     "checkpoint_request": {"id": "r2"}}
+                     "checkpoint_request": {"id": "r2"}, "script_failures": None, "error": None}
     assert sanitize_status({"step": 2**70})["step"] is None  # type: ignore[index]
     assert sanitize_status({"last_checkpoint": {"uri": "x" * 100_000}})["last_checkpoint"]["uri"] is None  # type: ignore[index]
 
