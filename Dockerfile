@@ -10,14 +10,24 @@
 #       https://download.pytorch.org/whl/cpu (CPU only, small) or https://download.pytorch.org/whl/cu128;
 #       empty (the default) takes PyPI's wheel, which brings the CUDA libraries.
 #
+# Every Python dependency comes from uv.lock, hashes checked: requirements/*.txt are `make requirements`'s export
+# of it (tests/unit/test_lockfile.py checks they match), pip installs them with --require-hashes (which also
+# refuses any requirement the file does not pin), then the spotrain wheel with its image's extra and --no-index,
+# so every requirement of that extra must already be met (nothing more is downloaded), then `pip check`. The one
+# exception is a TORCH_INDEX_URL build (see trainer-venv).
+#
 # pip runs in the build stages only, from outside the virtual environments it fills (`pip --python`): the
 # final images hold a venv without pip, no wheel, no pip cache and no compiler or other build tool, and both
 # run as the unprivileged user 65532.
 
-# The base image. A release build pins it by digest, resolved when it builds (e.g. `docker buildx imagetools
-# inspect python:3.11-slim`): --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:<digest>. The default stays a tag
-# because a digest written here could not be checked against the registry from where this file is tested.
-ARG PYTHON_IMAGE=python:3.11-slim
+# The base image, pinned by digest: the multi-platform index of python:3.11-slim (Python 3.11.16 on Debian trixie,
+# pushed 2026-08-16), the digest other public projects pin for that tag, pulled also as
+# public.ecr.aws/docker/library/python:3.11-slim@sha256:... . No registry is reachable from where this file is
+# written and tested, so the digest could not be resolved here. To move to a newer image, resolve the tag's
+# current index digest and replace the one below:
+#   docker buildx imagetools inspect python:3.11-slim        (the "Digest:" line)
+# The OCI label org.opencontainers.image.base.name records it (tests/unit/test_packaging.py checks both).
+ARG PYTHON_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
 FROM ${PYTHON_IMAGE} AS python-base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -32,25 +42,40 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY operator/ operator/
 COPY trainer/ trainer/
+# The build backend (pyproject's build-system, setuptools, which uv.lock does not lock) is fetched into pip's
+# isolated build environment; only the pure-Python wheel it writes leaves this stage.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels .
 
 # -- one virtual environment per image; pip stays outside them (pip --python installs into the venv) --------
 FROM python-base AS operator-venv
+COPY requirements/operator.txt /requirements/
 COPY --from=wheel /wheels /wheels
 RUN python -m venv --without-pip /opt/venv \
- && python -m pip --python /opt/venv/bin/python install "$(ls /wheels/spotrain-*.whl)[operator]"
+ && python -m pip --python /opt/venv/bin/python install --require-hashes -r /requirements/operator.txt \
+ && python -m pip --python /opt/venv/bin/python install --no-index "$(ls /wheels/spotrain-*.whl)[operator]" \
+ && python -m pip --python /opt/venv/bin/python check
 
 FROM python-base AS trainer-venv
 # Where torch comes from; TORCH_SPEC must stay the trainer extra's torch requirement in pyproject.toml
-# (tests/unit/test_packaging.py checks that it does).
+# (tests/unit/test_packaging.py checks that it does). With TORCH_INDEX_URL set, torch and the packages only it
+# needs (its CUDA libraries, triton, sympy, ...) come from that index, unhashed: its builds (+cpu, +cu128) are
+# other files than the PyPI wheels whose hashes uv.lock holds, so no locked hash could match them. Everything
+# else still comes from the lock with hashes checked (requirements/trainer-without-torch.txt, the trainer export
+# with torch's dependency tree pruned); the --no-index install of the wheel then confirms that the torch it
+# got satisfies the trainer extra.
 ARG TORCH_INDEX_URL=""
 ARG TORCH_SPEC="torch==2.13.*"
+COPY requirements/trainer.txt requirements/trainer-without-torch.txt /requirements/
 COPY --from=wheel /wheels /wheels
 RUN python -m venv --without-pip /opt/venv \
+ && locked=/requirements/trainer.txt \
  && if [ -n "$TORCH_INDEX_URL" ]; then \
-      python -m pip --python /opt/venv/bin/python install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"; \
+      python -m pip --python /opt/venv/bin/python install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC" \
+      && locked=/requirements/trainer-without-torch.txt; \
     fi \
- && python -m pip --python /opt/venv/bin/python install "$(ls /wheels/spotrain-*.whl)[trainer]"
+ && python -m pip --python /opt/venv/bin/python install --require-hashes -r "$locked" \
+ && python -m pip --python /opt/venv/bin/python install --no-index "$(ls /wheels/spotrain-*.whl)[trainer]" \
+ && python -m pip --python /opt/venv/bin/python check
 
 # -- what both final images share: the user, the environment ------------------------------------------------
 FROM python-base AS runtime

@@ -117,8 +117,24 @@ def copied_from(stage: Stage, path: str) -> Stage:
 
 
 def test_every_image_builds_from_python_311_slim() -> None:
-    roots = {resolve_base(s.base) for s in STAGES if s.base not in BY_NAME}
+    roots = {resolve_base(s.base).partition("@")[0] for s in STAGES if s.base not in BY_NAME}
     assert roots == {"python:3.11-slim"}
+
+
+def labels(stage: Stage) -> dict[str, str]:
+    return dict(word.partition("=")[::2] for args in stage.all("LABEL") for word in shlex.split(args))
+
+
+def test_base_image_is_pinned_by_digest_and_labelled() -> None:
+    # One global ARG names the base, by digest, so a rebuild gets the same bytes whatever the tag points to now.
+    assert re.fullmatch(r"python:3\.11-slim@sha256:[0-9a-f]{64}", GLOBAL_ARGS["PYTHON_IMAGE"])
+    assert {s.base for s in STAGES if s.base not in BY_NAME} == {"${PYTHON_IMAGE}"}
+    # Both images carry it in the OCI base-name label: the stage that labels them redeclares the ARG without a
+    # default (so it takes the global one, or a --build-arg) and writes it unchanged.
+    for target in ("operator", "trainer"):
+        (labelled,) = [stage for stage in ancestry(target) if stage.all("LABEL")]
+        assert "PYTHON_IMAGE" in labelled.all("ARG")
+        assert labels(labelled)["org.opencontainers.image.base.name"] == "${PYTHON_IMAGE}"
 
 
 @pytest.mark.parametrize(
@@ -128,11 +144,22 @@ def test_every_image_builds_from_python_311_slim() -> None:
 def test_target_installs_its_extra_and_runs_unprivileged(target: str, extra: str, entrypoint: str) -> None:
     assert target in BY_NAME, f"no stage named {target}"
     chain = ancestry(target)
-    # The venv comes from a build stage that installs the wheel with this extra, and only this one.
+    # The venv comes from a build stage that installs this extra's hashed requirements exported from uv.lock
+    # (tests/unit/test_lockfile.py checks the export), then the wheel with this extra, and only this one,
+    # without an index: every requirement of the extra must already be installed from the hashed file.
     venv_stage = copied_from(chain[0], "/opt/venv")
     installs = " ".join(venv_stage.all("RUN"))
+    assert any(f"requirements/{extra}.txt" in shlex.split(args) for args in venv_stage.all("COPY"))
+    hashed = re.search(r'install --require-hashes -r (\S+)', installs)
+    assert hashed, f"{venv_stage.name} installs no hashed requirements"
+    # The trainer's file is a shell variable (TORCH_INDEX_URL switches it); its first value is the default.
+    assignment = re.search(r"\blocked=(\S+)", installs)
+    hashed_file = assignment.group(1) if hashed.group(1) == '"$locked"' and assignment else hashed.group(1)
+    assert hashed_file == f"/requirements/{extra}.txt"
     extras = set(re.findall(r"\.whl\)?\[(\w+)\]", installs))
     assert extras == {extra}, f"{venv_stage.name} installs the extras {extras}, expected {{{extra}}}"
+    assert re.search(rf'install --no-index "\$\(ls /wheels/spotrain-\*\.whl\)\[{extra}\]"', installs)
+    assert installs.rstrip().endswith("pip --python /opt/venv/bin/python check")
     # Non-root: the last USER of the target is a non-zero numeric uid (kubelet can verify runAsNonRoot only
     # for a numeric one), the uid the runtime stage creates and the chart's securityContext runs as.
     users = [args for stage in reversed(chain) for args in stage.all("USER")]
@@ -157,7 +184,12 @@ def test_trainer_torch_index_and_version_follow_pyproject() -> None:
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     torch = [r for r in extras["trainer"] if Requirement(r).name == "torch"]
     assert [args["TORCH_SPEC"].strip('"')] == torch, "Dockerfile's TORCH_SPEC differs from pyproject's torch"
-    assert '--index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"' in " ".join(venv_stage.all("RUN"))
+    installs = " ".join(venv_stage.all("RUN"))
+    assert '--index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"' in installs
+    # torch from that index has other hashes than the lock's PyPI wheels: the rest comes from the export with
+    # torch's dependency tree pruned, still hashed.
+    assert re.search(r'"\$TORCH_SPEC" \s*&& locked=/requirements/trainer-without-torch\.txt;', installs)
+    assert any("requirements/trainer-without-torch.txt" in shlex.split(a) for a in venv_stage.all("COPY"))
 
 
 # -- the build context: .dockerignore and what the Dockerfile copies --------------------------------------
@@ -215,7 +247,8 @@ def context_files(source: str) -> list[Path]:
 
 def test_dockerignore_keeps_what_copy_needs_and_nothing_local() -> None:
     sources = context_copies()
-    assert sorted(sources) == ["operator", "pyproject.toml", "trainer"]
+    assert sorted(sources) == ["operator", "pyproject.toml", "requirements/operator.txt",
+                               "requirements/trainer-without-torch.txt", "requirements/trainer.txt", "trainer"]
     for source in sources:
         assert (REPO / source).exists(), f"COPY {source}: no such path"
         assert context_files(source), f"COPY {source}: .dockerignore excludes all of it"
