@@ -247,10 +247,10 @@ def render_rendezvous_pdb(job: JobRef) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": f"{job.name}-rdzv", "namespace": job.namespace, "labels": {wk.JOB_LABEL: job.name},
+        "metadata": {"name": job.rendezvous_service, "namespace": job.namespace, "labels": {wk.JOB_LABEL: job.label},
                      "ownerReferences": [job.owner_reference()]},
         "spec": {"maxUnavailable": 0,
-                 "selector": {"matchLabels": {wk.JOB_LABEL: job.name, wk.ROLE_LABEL: "rendezvous"}}},
+                 "selector": {"matchLabels": {wk.JOB_LABEL: job.label, wk.ROLE_LABEL: "rendezvous"}}},
     }
 
 
@@ -258,29 +258,43 @@ def render_rendezvous_pdb(job: JobRef) -> dict[str, Any]:
 
 PROBE_ROLE = "probe"
 PROBE_IMAGE = "registry.k8s.io/pause:3.10"  # runs nothing; every node already has it as its sandbox image
+PROBE_USER = 65535  # the pause image's own user (its Dockerfile: USER 65535:65535), stated so runAsNonRoot holds
 
 
 def render_probe(job: JobRef, choice: Choice, serial: int, round_: int, node_selector: Mapping[str, str],
                  tolerations: Sequence[Mapping[str, Any]], requests: Resources) -> dict[str, Any]:
     """A pod of a worker's size pinned where a worker would go, that runs nothing and joins no rendezvous: it makes
-    the autoscaler provision a spot node without costing the job a restart, and its Running says the node came."""
+    the autoscaler provision a spot node without costing the job a restart, and its Running says the node came.
+
+    Named, labelled and owned like the job's other pods (a valid name and label value for any job name), and
+    within Pod Security "restricted" like them, so that a namespace that admits the workers admits the probe.
+    The template's own labels are left off: a Service or policy selecting them must not take in a pod that
+    serves nothing. Limits equal the requests: extended resources (GPUs) must be given as limits, and a
+    ResourceQuota over limits refuses pods without them."""
+    from spotrain_operator.core.pods import apply_restricted_defaults, dns_label  # pods imports this module
+
+    quantities = {k: str(v) for k, v in requests.items()}
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 0,
+        "automountServiceAccountToken": False,
+        "nodeSelector": {**node_selector, wk.ZONE: choice.zone},
+        "tolerations": [dict(t) for t in tolerations],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": PROBE_USER, "runAsGroup": PROBE_USER},
+        "containers": [{"name": "probe", "image": PROBE_IMAGE,
+                        "resources": {"requests": quantities, "limits": dict(quantities)}}],
+    }
+    apply_restricted_defaults(spec)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": f"{job.name}-probe-{serial}-g{round_}",
+            "name": dns_label(job.name, f"-probe-{serial}-g{round_}"),
             "namespace": job.namespace,
-            "labels": {wk.JOB_LABEL: job.name, wk.ROLE_LABEL: PROBE_ROLE, wk.ROUND_LABEL: str(round_),
+            "labels": {wk.JOB_LABEL: job.label, wk.ROLE_LABEL: PROBE_ROLE, wk.ROUND_LABEL: str(round_),
                        wk.POOL_LABEL: choice.pool, wk.SERIAL_LABEL: str(serial)},
             "annotations": {wk.ZONE: choice.zone},
             "ownerReferences": [job.owner_reference()],
         },
-        "spec": {
-            "restartPolicy": "Never",
-            "terminationGracePeriodSeconds": 0,
-            "nodeSelector": {**node_selector, wk.ZONE: choice.zone},
-            "tolerations": [dict(t) for t in tolerations],
-            "containers": [{"name": "probe", "image": PROBE_IMAGE,
-                            "resources": {"requests": {k: str(v) for k, v in requests.items()}}}],
-        },
+        "spec": spec,
     }
