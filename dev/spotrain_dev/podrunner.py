@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spotrain_protocol import WorkerEnv, envvars
 from spotrain_trainer.testing import process_tree
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ PARENT_ENV = "SPOTRAIN_PODRUNNER_PARENT"
 MIN_GRACE_SECONDS = 2.0  # kubelet's minimumGracePeriodInSeconds
 DEFAULT_GRACE_SECONDS = 30.0  # the API's default terminationGracePeriodSeconds
 MAX_MESSAGE_BYTES = 4096  # kubelet's limit on a container's termination message
+TERMINATION_MESSAGE_FILE = "termination-log"  # in the pod's directory: what kubelet mounts at terminationMessagePath
 FALLBACK_LOG_LINES = 80  # terminationMessagePolicy FallbackToLogsOnError: kubelet's tail
 HARD_KILL_SIGNAL = signal.SIGUSR1  # runner -> shim: SIGKILL the whole container now
 
@@ -468,7 +470,7 @@ class PodRunner:
         self._waiting.pop(uid, None)
         pod_dir = self._pod_dir(ns, name)
         log = self.pod_log(ns, name)
-        termination_log = pod_dir / "termination-log"
+        termination_log = pod_dir / TERMINATION_MESSAGE_FILE
         env[RUNNER_ID_ENV] = self.id
         env[POD_UID_ENV] = uid
         env[PARENT_ENV] = str(os.getpid())
@@ -535,22 +537,23 @@ class PodRunner:
         meta = pod["metadata"]
         ip = pod["status"]["podIP"]
         spec_env = self._resolve_env(pod, container)
-        for port in [spec_env.get("SPOTRAIN_CONTROL_PORT")] + [str(p.get("containerPort"))
-                                                                for p in container.get("ports") or []]:
+        for port in [spec_env.get(envvars.CONTROL_PORT)] + [str(p.get("containerPort"))
+                                                             for p in container.get("ports") or []]:
             if port and port.isdigit():
                 _check_bindable(ip, int(port))
         env = {**self._base_env(pod), **spec_env}
-        endpoint = spec_env.get("SPOTRAIN_RDZV_ENDPOINT")
-        if endpoint:
-            env["SPOTRAIN_RDZV_ENDPOINT"] = self._resolve_endpoint(meta["namespace"], endpoint, pods)
+        endpoint = spec_env.get(envvars.RDZV_ENDPOINT)
         pod_dir = self.workdir / "pods" / meta["namespace"] / meta["name"]
-        env.update({
-            "SPOTRAIN_CONTROL_BIND": ip,
-            "SPOTRAIN_STATE_DIR": str(pod_dir / "state"),
-            "SPOTRAIN_STAGING_DIR": str(pod_dir / "staging"),
-            "SPOTRAIN_TERMINATION_LOG": str(pod_dir / "termination-log"),
-            "TMPDIR": str(pod_dir / "tmp"),
-        })
+        # What this machine's layout decides: the rendezvous pod's IP for its Service name, the pod IP to bind, and
+        # per-pod directories where a pod would have its own filesystem.
+        env.update(WorkerEnv(
+            rdzv_endpoint=self._resolve_endpoint(meta["namespace"], endpoint, pods) if endpoint else None,
+            control_bind=ip,
+            state_dir=str(pod_dir / "state"),
+            staging_dir=str(pod_dir / "staging"),
+            termination_log=str(pod_dir / TERMINATION_MESSAGE_FILE),
+        ).to_env())
+        env["TMPDIR"] = str(pod_dir / "tmp")
         command = [str(a) for a in container.get("command") or ["spotrain-launch"]]
         args = [str(a) for a in container.get("args") or []]
         argv = [_expand(a, env) for a in [*command, *args]]

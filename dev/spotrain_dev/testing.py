@@ -17,7 +17,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from spotrain_dev.nodes import NodeSimulator
 from spotrain_dev.processes import die_with_parent, free_port
 from spotrain_operator import wellknown as wk
 from spotrain_operator.core.pods import CONTROL_TOKEN_KEY, JobRef
+from spotrain_protocol import CONTROL_PORT, CheckpointRequest, InvalidMessage, TrainerStatus
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_LABEL = "test.spotrain.dev/namespace"
@@ -208,7 +209,7 @@ class FakeTrainerEndpoints:
     ``delay`` seconds. Every worker in the harness's namespace gets one, except the pods listed in
     ``unreachable``. ``serving`` names the pods with an endpoint; ``requests`` holds what each pod was asked."""
 
-    def __init__(self, harness: Harness, delay: float = 0.0, port: int = 8470):
+    def __init__(self, harness: Harness, delay: float = 0.0, port: int = CONTROL_PORT):
         self.harness = harness
         self.delay, self.port = delay, port
         self.unreachable: set[str] = set()
@@ -266,23 +267,28 @@ class FakeTrainerEndpoints:
                 return fake.requests.setdefault(fake._pod_at[ip], [])
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                self.received().append({**body, "at": time.monotonic()})
+                try:
+                    request = CheckpointRequest.from_body(self.rfile.read(int(self.headers["Content-Length"])))
+                except InvalidMessage:
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                self.received().append({**request.to_json(), "at": time.monotonic()})
                 self.send_response(202)
                 self.end_headers()
 
             def do_GET(self) -> None:
                 # As the real control server answers: the request it holds until the checkpoint is durable, then
                 # the checkpoint that answered it (spotrain_trainer.server.ControlState.status).
-                received, last, pending, handled = self.received(), None, None, None
+                received, status = self.received(), TrainerStatus(step=100)
                 if received and time.monotonic() - received[-1]["at"] >= fake.delay:
                     handled = received[-1]["id"]
-                    last = {"step": 100, "uri": "s3://fake/step-100", "time": "2026-01-01T00:00:00Z",
-                            "request_id": handled}
+                    status = replace(status, checkpoint_step=100, checkpoint_uri="s3://fake/step-100",
+                                     checkpoint_time="2026-01-01T00:00:00Z", checkpoint_request_id=handled,
+                                     handled_request_id=handled)
                 elif received:
-                    pending = {"id": received[-1]["id"], "reason": received[-1].get("reason")}
-                payload = json.dumps({"step": 100, "last_checkpoint": last, "completed": False,
-                                      "checkpoint_request": pending, "handled_request_id": handled}).encode()
+                    status = replace(status, pending_request_id=received[-1]["id"])
+                payload = json.dumps(status.to_json()).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()

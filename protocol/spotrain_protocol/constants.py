@@ -10,13 +10,9 @@ RENDEZVOUS_PORT = 29400
 # -- the control endpoint's HTTP interface ---------------------------------------------------------------
 STATUS_PATH = "/status"
 CHECKPOINT_PATH = "/checkpoint"
-METRICS_PATH = "/metrics"
-HEALTH_PATHS = ("/healthz", "/readyz")
 #: With the job's control token configured, /status and /checkpoint need ``Authorization: Bearer <token>``.
 AUTHORIZATION_HEADER = "Authorization"
 BEARER_SCHEME = "Bearer"
-#: The largest request body the control server reads.
-MAX_REQUEST_BYTES = 64 * 1024
 
 # -- the per-pod state directory (shared by the control server and the local rank 0 worker) ----------------
 DEFAULT_STATE_DIR = "/tmp/spotrain-state"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Final, Literal
 
 # -- set by the operator on every worker (WorkerEnv) -------------------------------------------------------
 JOB_NAME = "SPOTRAIN_JOB_NAME"
@@ -62,7 +62,7 @@ LOG_LEVEL = "SPOTRAIN_LOG_LEVEL"
 # -- between spotrain-launch and the control server it starts ---------------------------------------------
 LAUNCH_PID = "SPOTRAIN_LAUNCH_PID"
 
-AUTO = "auto"
+AUTO: Final = "auto"  # SPOTRAIN_CHECKPOINT_INTERVAL: Young/Daly from the MTBF
 
 
 class EnvError(ValueError):

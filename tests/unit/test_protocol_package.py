@@ -9,6 +9,7 @@ import sys
 import textwrap
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ from spotrain_protocol import (
     InvalidMessage,
     TrainerStatus,
     WorkerEnv,
+    envvars,
     parse_status,
 )
 from spotrain_protocol.status import MAX_INT, MAX_TEXT
@@ -62,9 +64,9 @@ def test_worker_env_reads_back_as_written(env: WorkerEnv) -> None:
     assert WorkerEnv.from_env(written) == env
 
 
-@given(st.dictionaries(st.sampled_from(sorted(WorkerEnv().to_env()) + list(WorkerEnv(
-    **{f: 1 for f in ("min_nodes", "max_nodes", "nproc_per_node", "keep_last", "control_port", "mtbf_seconds")},
-    checkpoint_interval=1.0, checkpoint_min_interval=1.0, checkpoint_max_interval=1.0).to_env())), st.text()))
+@given(st.dictionaries(st.sampled_from([envvars.JOB_NAME, envvars.MIN_NODES, envvars.CONTROL_PORT, envvars.MTBF_SECONDS,
+                                        envvars.CHECKPOINT_INTERVAL, envvars.CHECKPOINT_MIN_INTERVAL, "PATH"]),
+                       st.text()))
 def test_worker_env_from_any_environment_is_a_value_or_an_error_naming_the_variable(env: dict[str, str]) -> None:
     try:
         WorkerEnv.from_env(env)
@@ -110,6 +112,16 @@ def test_any_body_is_a_request_or_an_invalid_message(body: Any) -> None:
     except InvalidMessage:
         return
     assert request.id.strip() and isinstance(request.reason, str) and request.reason
+
+
+def test_the_checkpoint_request_the_control_server_reads() -> None:
+    assert CheckpointRequest.from_body(b'{"id": "a"}').to_json() == {"id": "a", "reason": "request", "deadline": None}
+    req = CheckpointRequest.from_body(b'{"id": "a", "reason": "spot", "deadline": "2026-01-01T08:22:00Z"}')
+    assert req.deadline == "2026-01-01T08:22:00Z"
+    for bad in (b"", b"nope", b"[]", b'{"id": ""}', b'{"id": 5}', b'{"id": "a", "reason": 3}',
+                b'{"id": "a", "deadline": "tomorrow"}', b'{"id": "a", "deadline": "2026-01-01T08:00:00"}'):
+        with pytest.raises(InvalidMessage):
+            CheckpointRequest.from_body(bad)
 
 
 def test_a_request_that_is_not_one_names_its_field() -> None:

@@ -21,7 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 from spotrain_dev import testbin
 from spotrain_operator import awsqueue, metrics  # noqa: F401  (importing registers their metrics)
 from spotrain_operator.agent import health
-from spotrain_trainer.constants import STATUS_FILE
+from spotrain_protocol import STATUS_FILE
 from spotrain_trainer.server import ControlState
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,6 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spotrain_protocol import envvars
+from spotrain_protocol.constants import DEFAULT_STATE_DIR, DEFAULT_TERMINATION_LOG
+
 from . import constants as C
 
 
@@ -90,14 +93,14 @@ def normalize_checkpoint_uri(uri: str) -> str:
     if uri.startswith("s3://"):
         rest = uri[len("s3://") :].strip("/")
         if not rest:
-            raise ConfigError(f"SPOTRAIN_CHECKPOINT_URI={uri!r} has no bucket")
+            raise ConfigError(f"{envvars.CHECKPOINT_URI}={uri!r} has no bucket")
         return "s3://" + rest
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
         if not uri.startswith("/"):
-            raise ConfigError("SPOTRAIN_CHECKPOINT_URI file:// URIs must be absolute (file:///path)")
+            raise ConfigError(f"{envvars.CHECKPOINT_URI} file:// URIs must be absolute (file:///path)")
     if "://" in uri:
-        raise ConfigError(f"SPOTRAIN_CHECKPOINT_URI={uri!r}: only s3:// and local paths are supported")
+        raise ConfigError(f"{envvars.CHECKPOINT_URI}={uri!r}: only s3:// and local paths are supported")
     return str(Path(uri).absolute())
 
 
@@ -156,62 +159,62 @@ class TrainerConfig:
         """Settings from ``env`` (default: the process environment); ``script`` (default: ``sys.argv[0]``) names
         the job when SPOTRAIN_JOB_NAME is unset."""
         e: Mapping[str, str] = os.environ if env is None else env
-        job = env_str(e, "SPOTRAIN_JOB_NAME", default_job_name(script))
+        job = env_str(e, envvars.JOB_NAME, default_job_name(script))
         pod = env_str(e, "POD_NAME", socket.gethostname())
-        uri = normalize_checkpoint_uri(env_str(e, "SPOTRAIN_CHECKPOINT_URI", f"/tmp/spotrain-checkpoints/{job}"))
+        uri = normalize_checkpoint_uri(env_str(e, envvars.CHECKPOINT_URI, f"/tmp/spotrain-checkpoints/{job}"))
 
-        raw_interval = (_get(e, "SPOTRAIN_CHECKPOINT_INTERVAL") or "auto").lower()
-        min_s = env_float(e, "SPOTRAIN_CHECKPOINT_MIN_INTERVAL", C.DEFAULT_MIN_INTERVAL)
-        max_s = env_float(e, "SPOTRAIN_CHECKPOINT_MAX_INTERVAL", C.DEFAULT_MAX_INTERVAL)
+        raw_interval = (_get(e, envvars.CHECKPOINT_INTERVAL) or envvars.AUTO).lower()
+        min_s = env_float(e, envvars.CHECKPOINT_MIN_INTERVAL, C.DEFAULT_MIN_INTERVAL)
+        max_s = env_float(e, envvars.CHECKPOINT_MAX_INTERVAL, C.DEFAULT_MAX_INTERVAL)
         if min_s > max_s:
             raise ConfigError(
-                f"SPOTRAIN_CHECKPOINT_MIN_INTERVAL={min_s} is above SPOTRAIN_CHECKPOINT_MAX_INTERVAL={max_s}"
+                f"{envvars.CHECKPOINT_MIN_INTERVAL}={min_s} is above {envvars.CHECKPOINT_MAX_INTERVAL}={max_s}"
             )
         fixed: float | None = None
-        if raw_interval != "auto":
-            fixed = env_float(e, "SPOTRAIN_CHECKPOINT_INTERVAL", 0.0)
-        every_steps_raw = _get(e, "SPOTRAIN_CHECKPOINT_EVERY_STEPS")
-        every_steps = env_int(e, "SPOTRAIN_CHECKPOINT_EVERY_STEPS", 0, minimum=1) if every_steps_raw else None
+        if raw_interval != envvars.AUTO:
+            fixed = env_float(e, envvars.CHECKPOINT_INTERVAL, 0.0)
+        every_steps_raw = _get(e, envvars.CHECKPOINT_EVERY_STEPS)
+        every_steps = env_int(e, envvars.CHECKPOINT_EVERY_STEPS, 0, minimum=1) if every_steps_raw else None
         interval = IntervalSettings(
             mode="auto" if fixed is None else "fixed",
             fixed_seconds=fixed,
             min_seconds=min_s,
             max_seconds=max_s,
-            mtbf_seconds=env_float(e, "SPOTRAIN_MTBF_SECONDS", C.DEFAULT_MTBF),
-            mtbf_known=_get(e, "SPOTRAIN_MTBF_SECONDS") is not None,
+            mtbf_seconds=env_float(e, envvars.MTBF_SECONDS, C.DEFAULT_MTBF),
+            mtbf_known=_get(e, envvars.MTBF_SECONDS) is not None,
             every_steps=every_steps,
         )
         s3 = S3Settings(
-            endpoint_url=_get(e, "SPOTRAIN_S3_ENDPOINT_URL"),
-            region=_get(e, "SPOTRAIN_S3_REGION") or _get(e, "AWS_REGION") or _get(e, "AWS_DEFAULT_REGION"),
-            retry_mode=env_str(e, "SPOTRAIN_S3_RETRY_MODE", "adaptive"),
-            max_attempts=env_int(e, "SPOTRAIN_S3_MAX_ATTEMPTS", 8, minimum=1),
-            op_retries=env_int(e, "SPOTRAIN_S3_OP_RETRIES", 6, minimum=1),
-            backoff_base=env_float(e, "SPOTRAIN_S3_BACKOFF_BASE", 0.5),
-            backoff_max=env_float(e, "SPOTRAIN_S3_BACKOFF_MAX", 20.0),
-            multipart_threshold=env_int(e, "SPOTRAIN_S3_MULTIPART_THRESHOLD", 16 * 1024 * 1024, minimum=5 << 20),
-            multipart_chunksize=env_int(e, "SPOTRAIN_S3_MULTIPART_CHUNKSIZE", 16 * 1024 * 1024, minimum=5 << 20),
-            max_concurrency=env_int(e, "SPOTRAIN_S3_MAX_CONCURRENCY", 8, minimum=1),
+            endpoint_url=_get(e, envvars.S3_ENDPOINT_URL),
+            region=_get(e, envvars.S3_REGION) or _get(e, "AWS_REGION") or _get(e, "AWS_DEFAULT_REGION"),
+            retry_mode=env_str(e, envvars.S3_RETRY_MODE, "adaptive"),
+            max_attempts=env_int(e, envvars.S3_MAX_ATTEMPTS, 8, minimum=1),
+            op_retries=env_int(e, envvars.S3_OP_RETRIES, 6, minimum=1),
+            backoff_base=env_float(e, envvars.S3_BACKOFF_BASE, 0.5),
+            backoff_max=env_float(e, envvars.S3_BACKOFF_MAX, 20.0),
+            multipart_threshold=env_int(e, envvars.S3_MULTIPART_THRESHOLD, 16 * 1024 * 1024, minimum=5 << 20),
+            multipart_chunksize=env_int(e, envvars.S3_MULTIPART_CHUNKSIZE, 16 * 1024 * 1024, minimum=5 << 20),
+            max_concurrency=env_int(e, envvars.S3_MAX_CONCURRENCY, 8, minimum=1),
         )
         if s3.retry_mode not in ("adaptive", "standard", "legacy"):
-            raise ConfigError(f"SPOTRAIN_S3_RETRY_MODE={s3.retry_mode!r}: use adaptive or standard")
+            raise ConfigError(f"{envvars.S3_RETRY_MODE}={s3.retry_mode!r}: use adaptive or standard")
         # The operator mounts an emptyDir for staging and names it in SPOTRAIN_STAGING_DIR.
         staging_default = str(Path(tempfile.gettempdir()) / C.STAGING_DIR_NAME / pod)
         return cls(
             job_name=job,
-            namespace=env_str(e, "SPOTRAIN_NAMESPACE", "default"),
+            namespace=env_str(e, envvars.NAMESPACE, "default"),
             pod_name=pod,
             pod_ip=_get(e, "POD_IP"),
             checkpoint_uri=uri,
             interval=interval,
-            keep_last=env_int(e, "SPOTRAIN_KEEP_LAST", C.DEFAULT_KEEP_LAST, minimum=1),
-            state_dir=Path(env_str(e, "SPOTRAIN_STATE_DIR", C.DEFAULT_STATE_DIR)),
-            staging_dir=Path(env_str(e, "SPOTRAIN_STAGING_DIR", staging_default)),
-            termination_log=Path(env_str(e, "SPOTRAIN_TERMINATION_LOG", C.DEFAULT_TERMINATION_LOG)),
-            staging_dir_set=_get(e, "SPOTRAIN_STAGING_DIR") is not None,
+            keep_last=env_int(e, envvars.KEEP_LAST, C.DEFAULT_KEEP_LAST, minimum=1),
+            state_dir=Path(env_str(e, envvars.STATE_DIR, DEFAULT_STATE_DIR)),
+            staging_dir=Path(env_str(e, envvars.STAGING_DIR, staging_default)),
+            termination_log=Path(env_str(e, envvars.TERMINATION_LOG, DEFAULT_TERMINATION_LOG)),
+            staging_dir_set=_get(e, envvars.STAGING_DIR) is not None,
             s3=s3,
-            async_checkpoints=env_bool(e, "SPOTRAIN_CHECKPOINT_ASYNC", True),
-            writer_threads=env_int(e, "SPOTRAIN_CHECKPOINT_WRITER_THREADS", 1, minimum=1),
-            pg_timeout_seconds=env_float(e, "SPOTRAIN_PG_TIMEOUT_SECONDS", 600.0),
-            status_interval_seconds=env_float(e, "SPOTRAIN_STATUS_INTERVAL_SECONDS", 1.0),
+            async_checkpoints=env_bool(e, envvars.CHECKPOINT_ASYNC, True),
+            writer_threads=env_int(e, envvars.CHECKPOINT_WRITER_THREADS, 1, minimum=1),
+            pg_timeout_seconds=env_float(e, envvars.PG_TIMEOUT_SECONDS, 600.0),
+            status_interval_seconds=env_float(e, envvars.STATUS_INTERVAL_SECONDS, 1.0),
         )

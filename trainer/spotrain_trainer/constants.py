@@ -17,20 +17,14 @@ EXIT_NOTICE_CHECKPOINT_FAILED = 76
 #: Exit code of a worker whose job is complete (final checkpoint and completion marker written).
 EXIT_COMPLETED = 0
 
-DEFAULT_CONTROL_PORT = 8470
-DEFAULT_STATE_DIR = "/tmp/spotrain-state"
-#: Under the temporary directory when SPOTRAIN_STAGING_DIR is unset.
+# The control port, the state directory and its files, the termination log: spotrain_protocol.constants.
+#: Under the temporary directory when the staging directory (spotrain_protocol.envvars.STAGING_DIR) is unset.
 STAGING_DIR_NAME = "spotrain-staging"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 DEFAULT_MAX_RESTARTS = 1_000_000
 DEFAULT_KEEP_LAST = 3
 DEFAULT_MIN_INTERVAL = 60.0
 DEFAULT_MAX_INTERVAL = 3600.0
 DEFAULT_MTBF = 3600.0
-
-# Files in the per-pod state directory (shared by the control server and the local rank 0 worker).
-REQUEST_FILE = "request.json"  # written by the control server only
-STATUS_FILE = "status.json"  # written by the local rank 0 worker only
 
 # Names inside the checkpoint storage.
 COMMIT_FILE = "COMMIT"

@@ -23,8 +23,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from spotrain_protocol import envvars
+from spotrain_protocol.constants import CONTROL_PORT, DEFAULT_STATE_DIR, DEFAULT_TERMINATION_LOG, RENDEZVOUS_PORT
+
 from .config import ConfigError, default_job_name, env_float, env_int, env_str
-from .constants import DEFAULT_CONTROL_PORT, DEFAULT_MAX_RESTARTS, DEFAULT_STATE_DIR
+from .constants import DEFAULT_MAX_RESTARTS
 
 PR_SET_PDEATHSIG = 1
 
@@ -40,7 +43,7 @@ class LaunchPlan:
 def _parse_endpoint(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"SPOTRAIN_RDZV_ENDPOINT={value!r} is not host:port")
+        raise ConfigError(f"{envvars.RDZV_ENDPOINT}={value!r} is not host:port")
     return value
 
 
@@ -56,24 +59,24 @@ def build_launch(
     if not script:
         raise ConfigError("no training script given")
     py = python or sys.executable
-    endpoint = _parse_endpoint(env_str(env, "SPOTRAIN_RDZV_ENDPOINT", required=True))
-    job = env_str(env, "SPOTRAIN_JOB_NAME", default_job_name(script[0].replace(".", "/") if module else script[0]))
-    rdzv_id = env_str(env, "SPOTRAIN_RDZV_ID", job)
-    min_nodes = env_int(env, "SPOTRAIN_MIN_NODES", 1, minimum=1)
-    max_nodes = env_int(env, "SPOTRAIN_MAX_NODES", min_nodes, minimum=1)
+    endpoint = _parse_endpoint(env_str(env, envvars.RDZV_ENDPOINT, required=True))
+    job = env_str(env, envvars.JOB_NAME, default_job_name(script[0].replace(".", "/") if module else script[0]))
+    rdzv_id = env_str(env, envvars.RDZV_ID, job)
+    min_nodes = env_int(env, envvars.MIN_NODES, 1, minimum=1)
+    max_nodes = env_int(env, envvars.MAX_NODES, min_nodes, minimum=1)
     if min_nodes > max_nodes:
-        raise ConfigError(f"SPOTRAIN_MIN_NODES={min_nodes} is above SPOTRAIN_MAX_NODES={max_nodes}")
-    nproc = env_int(env, "SPOTRAIN_NPROC_PER_NODE", 1, minimum=1)
-    max_restarts = env_int(env, "SPOTRAIN_MAX_RESTARTS", DEFAULT_MAX_RESTARTS, minimum=0)
+        raise ConfigError(f"{envvars.MIN_NODES}={min_nodes} is above {envvars.MAX_NODES}={max_nodes}")
+    nproc = env_int(env, envvars.NPROC_PER_NODE, 1, minimum=1)
+    max_restarts = env_int(env, envvars.MAX_RESTARTS, DEFAULT_MAX_RESTARTS, minimum=0)
     # last_call_timeout: once min nodes are in, torch waits this long for more (default 30 s). After a preemption
     # the survivors would idle that long; spotrain batches joins in the operator instead, so 5 s is enough.
     conf = {"is_host": "false", "last_call_timeout": "5"}
-    extra = env.get("SPOTRAIN_RDZV_CONF_EXTRA", "").strip().strip(",")
+    extra = env.get(envvars.RDZV_CONF_EXTRA, "").strip().strip(",")
     if extra:
         for item in extra.split(","):
             key, sep, value = item.partition("=")
             if not sep or not key.strip():
-                raise ConfigError(f"SPOTRAIN_RDZV_CONF_EXTRA entry {item!r} is not key=value")
+                raise ConfigError(f"{envvars.RDZV_CONF_EXTRA} entry {item!r} is not key=value")
             conf[key.strip()] = value.strip()
 
     argv = [
@@ -91,10 +94,10 @@ def build_launch(
     pod_ip = (env.get("POD_IP") or "").strip()
     if pod_ip:
         argv.append(f"--local-addr={pod_ip}")
-    if (env.get("SPOTRAIN_SHUTDOWN_TIMEOUT") or "").strip():
-        argv.append(f"--shutdown-timeout={env_int(env, 'SPOTRAIN_SHUTDOWN_TIMEOUT', 30, minimum=1)}")
-    if (env.get("SPOTRAIN_MONITOR_INTERVAL") or "").strip():
-        argv.append(f"--monitor-interval={env_float(env, 'SPOTRAIN_MONITOR_INTERVAL', 0.1)}")
+    if (env.get(envvars.SHUTDOWN_TIMEOUT) or "").strip():
+        argv.append(f"--shutdown-timeout={env_int(env, envvars.SHUTDOWN_TIMEOUT, 30, minimum=1)}")
+    if (env.get(envvars.MONITOR_INTERVAL) or "").strip():
+        argv.append(f"--monitor-interval={env_float(env, envvars.MONITOR_INTERVAL, 0.1)}")
     if module:
         argv.append("-m")
     argv.extend(script)
@@ -104,8 +107,8 @@ def build_launch(
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
         "PYTHONUNBUFFERED": "1",
         # The control server and the workers must agree on these even when the operator leaves them unset.
-        "SPOTRAIN_STATE_DIR": env_str(env, "SPOTRAIN_STATE_DIR", DEFAULT_STATE_DIR),
-        "SPOTRAIN_CONTROL_PORT": str(env_int(env, "SPOTRAIN_CONTROL_PORT", DEFAULT_CONTROL_PORT, minimum=0)),
+        envvars.STATE_DIR: env_str(env, envvars.STATE_DIR, DEFAULT_STATE_DIR),
+        envvars.CONTROL_PORT: str(env_int(env, envvars.CONTROL_PORT, CONTROL_PORT, minimum=0)),
     }
     full = dict(env)
     full.update(added)
@@ -128,7 +131,7 @@ def start_control_server(plan: LaunchPlan) -> subprocess.Popen[bytes] | None:
         return None
     parent = os.getpid()
     env = dict(plan.env)
-    env["SPOTRAIN_LAUNCH_PID"] = str(parent)
+    env[envvars.LAUNCH_PID] = str(parent)
     return subprocess.Popen(
         plan.control_server_argv,
         env=env,
@@ -144,45 +147,45 @@ USAGE = "usage: spotrain-launch [--print] [--no-control-server] [-m] [--] script
 #: In a pod the operator sets them; for a local run see docs/trainer.md.
 ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
     (
-        "SPOTRAIN_RDZV_ENDPOINT",
+        envvars.RDZV_ENDPOINT,
         "required",
         "host:port of the job's c10d rendezvous store (python -m "
-        "spotrain_trainer.rendezvous); launching waits for it up to SPOTRAIN_RDZV_WAIT_SECONDS",
+        f"spotrain_trainer.rendezvous); launching waits for it up to {envvars.RDZV_WAIT_SECONDS}",
     ),
-    ("SPOTRAIN_RDZV_WAIT_SECONDS", "300", "how long to wait for the store to answer before giving up"),
-    ("SPOTRAIN_RDZV_ID", "$SPOTRAIN_JOB_NAME", "rendezvous id (one per job generation)"),
-    ("SPOTRAIN_RDZV_CONF_EXTRA", "", "extra torchrun --rdzv-conf entries, key=value,..."),
-    ("SPOTRAIN_JOB_NAME", "local-<script name>", "the job; names the default checkpoint path"),
-    ("SPOTRAIN_MIN_NODES / SPOTRAIN_MAX_NODES", "1 / min", "torchrun --nnodes=MIN:MAX"),
-    ("SPOTRAIN_NPROC_PER_NODE", "1", "ranks per node (one per GPU)"),
-    ("SPOTRAIN_MAX_RESTARTS", str(DEFAULT_MAX_RESTARTS), "torchrun --max-restarts"),
-    ("SPOTRAIN_SHUTDOWN_TIMEOUT", "30", "torchrun --shutdown-timeout: SIGTERM to SIGKILL of the workers"),
-    ("SPOTRAIN_MONITOR_INTERVAL", "0.1", "torchrun --monitor-interval"),
+    (envvars.RDZV_WAIT_SECONDS, "300", "how long to wait for the store to answer before giving up"),
+    (envvars.RDZV_ID, f"${envvars.JOB_NAME}", "rendezvous id (one per job generation)"),
+    (envvars.RDZV_CONF_EXTRA, "", "extra torchrun --rdzv-conf entries, key=value,..."),
+    (envvars.JOB_NAME, "local-<script name>", "the job; names the default checkpoint path"),
+    (f"{envvars.MIN_NODES} / {envvars.MAX_NODES}", "1 / min", "torchrun --nnodes=MIN:MAX"),
+    (envvars.NPROC_PER_NODE, "1", "ranks per node (one per GPU)"),
+    (envvars.MAX_RESTARTS, str(DEFAULT_MAX_RESTARTS), "torchrun --max-restarts"),
+    (envvars.SHUTDOWN_TIMEOUT, "30", "torchrun --shutdown-timeout: SIGTERM to SIGKILL of the workers"),
+    (envvars.MONITOR_INTERVAL, "0.1", "torchrun --monitor-interval"),
     ("POD_IP / POD_NAME", "- / hostname", "torchrun --local-addr; this pod's name in status and markers"),
-    ("SPOTRAIN_CHECKPOINT_URI", "/tmp/spotrain-checkpoints/$SPOTRAIN_JOB_NAME", "s3://bucket/prefix or a path"),
-    ("SPOTRAIN_CHECKPOINT_INTERVAL", "auto", "seconds between regular checkpoints, or auto (Young/Daly)"),
-    ("SPOTRAIN_CHECKPOINT_MIN_INTERVAL / _MAX_INTERVAL", "60 / 3600", "bounds of the auto interval"),
-    ("SPOTRAIN_CHECKPOINT_EVERY_STEPS", "", "checkpoint every N steps instead of by time"),
-    ("SPOTRAIN_MTBF_SECONDS", "3600", "expected time between preemptions (auto interval)"),
-    ("SPOTRAIN_CHECKPOINT_ASYNC", "1", "regular checkpoints with dcp.async_save"),
-    ("SPOTRAIN_CHECKPOINT_WRITER_THREADS", "1", "DCP writer threads per rank"),
-    ("SPOTRAIN_KEEP_LAST", "3", "committed checkpoints kept"),
-    ("SPOTRAIN_STAGING_DIR", "$TMPDIR/spotrain-staging/$POD_NAME", "node-local staging for S3 (mount a volume)"),
-    ("SPOTRAIN_S3_ENDPOINT_URL / SPOTRAIN_S3_REGION", "", "S3-compatible endpoint and region (AWS_* credentials)"),
+    (envvars.CHECKPOINT_URI, f"/tmp/spotrain-checkpoints/${envvars.JOB_NAME}", "s3://bucket/prefix or a path"),
+    (envvars.CHECKPOINT_INTERVAL, "auto", "seconds between regular checkpoints, or auto (Young/Daly)"),
+    (f"{envvars.CHECKPOINT_MIN_INTERVAL} / _MAX_INTERVAL", "60 / 3600", "bounds of the auto interval"),
+    (envvars.CHECKPOINT_EVERY_STEPS, "", "checkpoint every N steps instead of by time"),
+    (envvars.MTBF_SECONDS, "3600", "expected time between preemptions (auto interval)"),
+    (envvars.CHECKPOINT_ASYNC, "1", "regular checkpoints with dcp.async_save"),
+    (envvars.CHECKPOINT_WRITER_THREADS, "1", "DCP writer threads per rank"),
+    (envvars.KEEP_LAST, "3", "committed checkpoints kept"),
+    (envvars.STAGING_DIR, "$TMPDIR/spotrain-staging/$POD_NAME", "node-local staging for S3 (mount a volume)"),
+    (f"{envvars.S3_ENDPOINT_URL} / {envvars.S3_REGION}", "", "S3-compatible endpoint and region (AWS_* credentials)"),
     (
         "SPOTRAIN_S3_*",
         "",
         "RETRY_MODE, MAX_ATTEMPTS, OP_RETRIES, BACKOFF_BASE, BACKOFF_MAX, MULTIPART_THRESHOLD, "
         "MULTIPART_CHUNKSIZE, MAX_CONCURRENCY",
     ),
-    ("SPOTRAIN_STATE_DIR", DEFAULT_STATE_DIR, "per-pod directory shared by the workers and the control server"),
-    ("SPOTRAIN_CONTROL_PORT / SPOTRAIN_CONTROL_BIND", f"{DEFAULT_CONTROL_PORT} / 0.0.0.0", "control endpoint"),
-    ("SPOTRAIN_CONTROL_TOKEN / SPOTRAIN_CONTROL_TOKEN_FILE", "", "bearer token of the control endpoint"),
-    ("SPOTRAIN_CONTROL_SERVER", "1", "0: do not start the control server"),
-    ("SPOTRAIN_TERMINATION_LOG", "/dev/termination-log", "where the final message goes"),
-    ("SPOTRAIN_PG_TIMEOUT_SECONDS", "600", "process group timeout"),
-    ("SPOTRAIN_STATUS_INTERVAL_SECONDS", "1", "status file refresh"),
-    ("SPOTRAIN_LOG_LEVEL", "INFO", "workers' log level"),
+    (envvars.STATE_DIR, DEFAULT_STATE_DIR, "per-pod directory shared by the workers and the control server"),
+    (f"{envvars.CONTROL_PORT} / {envvars.CONTROL_BIND}", f"{CONTROL_PORT} / 0.0.0.0", "control endpoint"),
+    (f"{envvars.CONTROL_TOKEN} / {envvars.CONTROL_TOKEN_FILE}", "", "bearer token of the control endpoint"),
+    (envvars.CONTROL_SERVER, "1", "0: do not start the control server"),
+    (envvars.TERMINATION_LOG, DEFAULT_TERMINATION_LOG, "where the final message goes"),
+    (envvars.PG_TIMEOUT_SECONDS, "600", "process group timeout"),
+    (envvars.STATUS_INTERVAL_SECONDS, "1", "status file refresh"),
+    (envvars.LOG_LEVEL, "INFO", "workers' log level"),
 )
 
 
@@ -203,8 +206,8 @@ def help_text() -> str:
     lines += [
         "",
         "A local run without a cluster: `python script.py` is a world of one; for several processes start a store",
-        "(python -m spotrain_trainer.rendezvous --host 127.0.0.1 --port 29400) and set",
-        "SPOTRAIN_RDZV_ENDPOINT=127.0.0.1:29400. See docs/trainer.md.",
+        f"(python -m spotrain_trainer.rendezvous --host 127.0.0.1 --port {RENDEZVOUS_PORT}) and set",
+        f"{envvars.RDZV_ENDPOINT}=127.0.0.1:{RENDEZVOUS_PORT}. See docs/trainer.md.",
     ]
     return "\n".join(lines)
 
@@ -232,9 +235,10 @@ def wait_for_store(
         now = clock()
         if now - start >= timeout:
             raise StoreUnreachable(
-                f"the rendezvous store at {endpoint} (SPOTRAIN_RDZV_ENDPOINT) did not answer for {timeout:.0f}s. "
+                f"the rendezvous store at {endpoint} ({envvars.RDZV_ENDPOINT}) did not answer for {timeout:.0f}s. "
                 "In a cluster the operator runs it as the job's rendezvous pod; check that pod and its Service. "
-                "Locally, start one with `python -m spotrain_trainer.rendezvous --host 127.0.0.1 --port 29400` "
+                "Locally, start one with `python -m spotrain_trainer.rendezvous --host 127.0.0.1 "
+                f"--port {RENDEZVOUS_PORT}` "
                 "(see docs/trainer.md)"
             )
         if now >= next_say:
@@ -280,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         opts, script = parse_args(args)
-        control = opts["control_server"] and os.environ.get("SPOTRAIN_CONTROL_SERVER", "1") not in ("0", "false")
+        control = opts["control_server"] and os.environ.get(envvars.CONTROL_SERVER, "1") not in ("0", "false")
         plan = build_launch(os.environ, script, module=opts["module"], control_server=control)
     except ConfigError as exc:
         print(f"spotrain-launch: {exc}", file=sys.stderr)
@@ -294,14 +298,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         wait_for_store(
-            plan.env["SPOTRAIN_RDZV_ENDPOINT"],
-            env_float(os.environ, "SPOTRAIN_RDZV_WAIT_SECONDS", 300.0),
+            plan.env[envvars.RDZV_ENDPOINT],
+            env_float(os.environ, envvars.RDZV_WAIT_SECONDS, 300.0),
             connect=tcp_connects,
         )
     except ConfigError as exc:
         print(f"spotrain-launch: {exc}", file=sys.stderr)
         return 2
-    os.makedirs(plan.env["SPOTRAIN_STATE_DIR"], exist_ok=True)
+    os.makedirs(plan.env[envvars.STATE_DIR], exist_ok=True)
     start_control_server(plan)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -19,22 +19,16 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .constants import REQUEST_FILE
+from spotrain_protocol import CheckpointRequest, InvalidMessage
+from spotrain_protocol.constants import REQUEST_FILE
+
 from .statefiles import read_json
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CheckpointRequest:
-    id: str
-    reason: str
-    deadline: str | None
 
 
 class NoticeMonitor:
@@ -84,15 +78,11 @@ class NoticeMonitor:
             return None
         key = (st.st_mtime_ns, st.st_size)
         if key != self._cache_key:
-            obj = read_json(self.request_path)
-            req = None
-            if obj and isinstance(obj.get("id"), str) and obj["id"]:
-                deadline = obj.get("deadline")
-                req = CheckpointRequest(
-                    id=obj["id"],
-                    reason=str(obj.get("reason") or "request"),
-                    deadline=deadline if isinstance(deadline, str) else None,
-                )
+            try:
+                # Written by the control server, which accepted only valid requests.
+                req: CheckpointRequest | None = CheckpointRequest.from_json(read_json(self.request_path))
+            except InvalidMessage:
+                req = None
             self._cache_key, self._cached = key, req
         return self._cached
 

@@ -14,11 +14,13 @@ import argparse
 import signal
 import sys
 
+from spotrain_protocol import RENDEZVOUS_PORT
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="standalone c10d TCPStore for elastic rendezvous")
     parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=29400)
+    parser.add_argument("--port", type=int, default=RENDEZVOUS_PORT)
     args = parser.parse_args(argv)
     # Block the stop signals before the store starts its threads, then wait for one of them.
     signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGTERM, signal.SIGINT])

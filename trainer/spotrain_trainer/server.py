@@ -37,15 +37,28 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from spotrain_protocol import CheckpointRequest, InvalidMessage, envvars
+from spotrain_protocol import status as keys
+from spotrain_protocol.constants import (
+    AUTHORIZATION_HEADER,
+    CHECKPOINT_PATH,
+    CONTROL_PORT,
+    DEFAULT_STATE_DIR,
+    REQUEST_FILE,
+    STATUS_FILE,
+    STATUS_PATH,
+    presented_token,
+)
+from spotrain_protocol.messages import parse_rfc3339
+
 from .checkpoint.commit import utc_now_rfc3339
 from .config import env_int, env_str
-from .constants import DEFAULT_CONTROL_PORT, DEFAULT_STATE_DIR, PHASES, REQUEST_FILE, STATUS_FILE
+from .constants import PHASES
 from .statefiles import atomic_write_json, read_json
 from .status import default_status
 
@@ -56,55 +69,16 @@ SOCKET_TIMEOUT = 10.0
 MAX_CONNECTIONS = 32
 
 
-class RequestError(ValueError):
-    pass
-
-
-def _parse_time(field: str, value: Any) -> datetime:
-    if not isinstance(value, str):
-        raise RequestError(f"{field} must be an RFC3339 string")
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise RequestError(f"{field} {value!r} is not RFC3339") from exc
-    if parsed.tzinfo is None:
-        raise RequestError(f"{field} {value!r} has no time zone")
-    return parsed
-
-
-def parse_checkpoint_request(body: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(body or b"null")
-    except ValueError as exc:
-        raise RequestError(f"body is not JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise RequestError("body must be a JSON object")
-    rid = obj.get("id")
-    if not isinstance(rid, str) or not rid.strip() or len(rid) > 256:
-        raise RequestError("id must be a non-empty string (at most 256 characters)")
-    reason = obj.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise RequestError("reason must be a string")
-    deadline = obj.get("deadline")
-    if deadline is not None:
-        _parse_time("deadline", deadline)
-    request = {"id": rid, "reason": reason or "request", "deadline": deadline}
-    issued_at = obj.get("issued_at")
-    if issued_at is not None:
-        _parse_time("issued_at", issued_at)
-        request["issued_at"] = issued_at
-    return request
-
-
-def supersedes(new: dict[str, Any], pending: dict[str, Any]) -> bool:
-    """Whether ``new`` may replace the unhandled ``pending`` request: only a request issued later does."""
+def supersedes(new: CheckpointRequest, pending: dict[str, Any]) -> bool:
+    """Whether ``new`` may replace the unhandled ``pending`` request (as recorded): only a request issued later
+    does."""
     if not isinstance(pending.get("issued_at"), str):
         return True  # nothing to order by (written by an older operator): the latest caller wins, as before
-    if new.get("issued_at") is None:
+    if new.issued_at is None:
         return False
     try:
-        return _parse_time("issued_at", new["issued_at"]) > _parse_time("issued_at", pending["issued_at"])
-    except RequestError:
+        return parse_rfc3339("issued_at", new.issued_at) > parse_rfc3339("issued_at", pending["issued_at"])
+    except InvalidMessage:
         return True  # a pending record that does not parse cannot be protected
 
 
@@ -137,23 +111,22 @@ class ControlState:
     def status_path(self) -> Path:
         return self.state_dir / STATUS_FILE
 
-    def submit(self, req: dict[str, Any]) -> dict[str, Any]:
+    def submit(self, req: CheckpointRequest) -> dict[str, Any]:
         with self._lock:
             worker = read_json(self.status_path) or {}
-            if worker.get("handled_request_id") == req["id"]:
-                return {"accepted": True, "id": req["id"], "handled": True}
+            handled = worker.get(keys.HANDLED_REQUEST_ID)
+            if handled == req.id:
+                return {"accepted": True, "id": req.id, "handled": True}
             existing = read_json(self.request_path)
-            if existing and existing.get("id") == req["id"]:
-                return {"accepted": True, "id": req["id"], "duplicate": True}
-            if existing and existing.get("id") != worker.get("handled_request_id") and not supersedes(req, existing):
+            if existing and existing.get("id") == req.id:
+                return {"accepted": True, "id": req.id, "duplicate": True}
+            if existing and existing.get("id") != handled and not supersedes(req, existing):
                 raise ConflictError(str(existing.get("id")))
-            record = dict(req)
+            record = req.to_json()
             record["received_at"] = utc_now_rfc3339()
             atomic_write_json(self.request_path, record)
-            log.warning(
-                "checkpoint request %s accepted (reason %s, deadline %s)", req["id"], req["reason"], req["deadline"]
-            )
-            return {"accepted": True, "id": req["id"]}
+            log.warning("checkpoint request %s accepted (reason %s, deadline %s)", req.id, req.reason, req.deadline)
+            return {"accepted": True, "id": req.id}
 
     def status(self) -> dict[str, Any]:
         now = time.time()
@@ -167,18 +140,18 @@ class ControlState:
         if out.get("phase") not in PHASES:
             out["phase"] = "starting"
         req = read_json(self.request_path)
-        handled = out.get("handled_request_id")
+        handled = out.get(keys.HANDLED_REQUEST_ID)
         if req and isinstance(req.get("id"), str) and req["id"] != handled:
-            out["checkpoint_request"] = {
-                "id": req["id"],
+            out[keys.CHECKPOINT_REQUEST] = {
+                keys.REQUEST_ID: req["id"],
                 "reason": req.get("reason"),
                 "deadline": req.get("deadline"),
                 "issued_at": req.get("issued_at"),
                 "received_at": req.get("received_at"),
             }
         else:
-            out["checkpoint_request"] = None
-        last = out.get("last_checkpoint")
+            out[keys.CHECKPOINT_REQUEST] = None
+        last = out.get(keys.LAST_CHECKPOINT)
         if isinstance(last, dict) and last.get("unix_time"):
             out["last_checkpoint_age_seconds"] = round(max(0.0, now - float(last["unix_time"])), 3)
         else:
@@ -305,8 +278,8 @@ class _Handler(BaseHTTPRequestHandler):
         token = self.server.state.token
         if token is None:
             return True
-        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        given = presented_token(self.headers.get(AUTHORIZATION_HEADER))
+        if given is not None and hmac.compare_digest(given.encode(), token.encode()):
             return True
         self.send_response(HTTPStatus.UNAUTHORIZED)
         body = b'{"error": "a bearer token is required"}\n'
@@ -353,7 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self._read_body() is None:
             return
         try:
-            if path == "/status":
+            if path == STATUS_PATH:
                 if self._authorized():
                     self._json(HTTPStatus.OK, state.status())
             elif path == "/metrics":
@@ -373,20 +346,20 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
-        if path != "/checkpoint":
+        if path != CHECKPOINT_PATH:
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path {path}"})
             return
         if not self._authorized():
             return
         try:
-            req = parse_checkpoint_request(body)
-        except RequestError as exc:
+            req = CheckpointRequest.from_body(body)
+        except InvalidMessage as exc:
             self._json(HTTPStatus.BAD_REQUEST, {"accepted": False, "error": str(exc)})
             return
         try:
             result = self.server.state.submit(req)
         except ConflictError as exc:
-            self._json(HTTPStatus.CONFLICT, {"accepted": False, "id": req["id"], "pending": exc.pending_id,
+            self._json(HTTPStatus.CONFLICT, {"accepted": False, "id": req.id, "pending": exc.pending_id,
                                              "error": str(exc)})
             return
         except OSError as exc:
@@ -438,8 +411,8 @@ def serve(state: ControlState, host: str, port: int) -> ControlHTTPServer:
 
 def control_token(env: Any) -> str | None:
     """The job's control token: ``SPOTRAIN_CONTROL_TOKEN``, else the file ``SPOTRAIN_CONTROL_TOKEN_FILE`` names."""
-    token = (env.get("SPOTRAIN_CONTROL_TOKEN") or "").strip()
-    path = env.get("SPOTRAIN_CONTROL_TOKEN_FILE")
+    token = (env.get(envvars.CONTROL_TOKEN) or "").strip()
+    path = env.get(envvars.CONTROL_TOKEN_FILE)
     if not token and path:
         token = Path(path).read_text().strip()
     return token or None
@@ -447,23 +420,23 @@ def control_token(env: Any) -> str | None:
 
 def main() -> int:
     logging.basicConfig(
-        level=os.environ.get("SPOTRAIN_LOG_LEVEL", "INFO"),
+        level=os.environ.get(envvars.LOG_LEVEL, "INFO"),
         format="%(asctime)s %(levelname)s [control] %(name)s: %(message)s",
     )
     env = os.environ
     token = control_token(env)
     state = ControlState(
-        Path(env_str(env, "SPOTRAIN_STATE_DIR", DEFAULT_STATE_DIR)),
-        job=env_str(env, "SPOTRAIN_JOB_NAME", "local"),
+        Path(env_str(env, envvars.STATE_DIR, DEFAULT_STATE_DIR)),
+        job=env_str(env, envvars.JOB_NAME, "local"),
         pod=env_str(env, "POD_NAME", os.uname().nodename),
-        namespace=env.get("SPOTRAIN_NAMESPACE"),
+        namespace=env.get(envvars.NAMESPACE),
         token=token,
     )
     if token is None:
-        log.warning("no control token (SPOTRAIN_CONTROL_TOKEN): /checkpoint and /status are open to anyone "
-                    "who can reach this port")
-    host = env_str(env, "SPOTRAIN_CONTROL_BIND", "0.0.0.0")
-    port = env_int(env, "SPOTRAIN_CONTROL_PORT", DEFAULT_CONTROL_PORT, minimum=0)
+        log.warning("no control token (%s): /checkpoint and /status are open to anyone who can reach this port",
+                    envvars.CONTROL_TOKEN)
+    host = env_str(env, envvars.CONTROL_BIND, "0.0.0.0")
+    port = env_int(env, envvars.CONTROL_PORT, CONTROL_PORT, minimum=0)
     server = ControlHTTPServer((host, port), state)
     log.info("control server on %s:%d, state in %s", host, server.port, state.state_dir)
 
@@ -472,7 +445,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    launch_pid = env.get("SPOTRAIN_LAUNCH_PID")
+    launch_pid = env.get(envvars.LAUNCH_PID)
     if launch_pid and launch_pid.isdigit() and os.getppid() != int(launch_pid):
         log.warning("launcher %s is gone; exiting", launch_pid)
         return 0

@@ -45,6 +45,9 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
+from spotrain_protocol import CheckpointRef, CheckpointRequest, CompletionRecord, envvars
+from spotrain_protocol import status as keys
+
 from .checkpoint.commit import CheckpointError, utc_now_rfc3339
 from .checkpoint.dcp import Checkpointer, CheckpointRecord
 from .checkpoint.storage import open_storage
@@ -53,7 +56,6 @@ from .constants import EXIT_CHECKPOINTED_ON_NOTICE, EXIT_NOTICE_CHECKPOINT_FAILE
 from .failures import record_script_failures
 from .interval import IntervalPolicy
 from .notice import (
-    CheckpointRequest,
     NoticeMonitor,
     coordinate_flags,
     parse_deadline,
@@ -239,7 +241,7 @@ class Session:
         if not logging.getLogger().handlers:
             rank_env = os.environ.get("RANK", "0")
             logging.basicConfig(
-                level=os.environ.get("SPOTRAIN_LOG_LEVEL", "INFO"),
+                level=os.environ.get(envvars.LOG_LEVEL, "INFO"),
                 format=f"%(asctime)s %(levelname)s [rank {rank_env}] %(name)s: %(message)s",
             )
         self.config = config or TrainerConfig.from_env()
@@ -285,15 +287,16 @@ class Session:
         # Every local rank watches the request file (a stat per step), so that any of them can cut a long wait
         # inside a step short (notice_pending); the local leader alone reports the request as handled.
         previous = read_json(status_path(state_dir)) or {}
-        self.notice.watch(state_dir, self.status.get("handled_request_id") or previous.get("handled_request_id"))
+        self.notice.watch(state_dir, self.status.get(keys.HANDLED_REQUEST_ID) or previous.get(keys.HANDLED_REQUEST_ID))
 
         self.storage = open_storage(cfg.checkpoint_uri, s3=cfg.s3, staging_dir=cfg.staging_dir)
         if not self.storage.writes_in_place and not cfg.staging_dir_set and self.is_local_leader:
             log.warning(
-                "SPOTRAIN_STAGING_DIR is not set: checkpoints are staged in %s, which in a container is its writable "
-                "layer (small, and counted against the pod's ephemeral storage); mount a volume and set "
-                "SPOTRAIN_STAGING_DIR to it",
+                "%s is not set: checkpoints are staged in %s, which in a container is its writable layer (small, "
+                "and counted against the pod's ephemeral storage); mount a volume and set %s to it",
+                envvars.STAGING_DIR,
                 cfg.staging_dir,
+                envvars.STAGING_DIR,
             )
         self.checkpointer = Checkpointer(
             self.storage,
@@ -672,7 +675,7 @@ class Session:
 
     def _status_record(self, record: CheckpointRecord, request_id: str | None) -> dict[str, Any]:
         rec = record.to_status()
-        rec["request_id"] = request_id
+        rec[keys.CHECKPOINT_REQUEST_ID] = request_id
         return rec
 
     def _checkpoint_on_notice(self) -> None:
@@ -858,23 +861,23 @@ class Session:
             raise CheckpointError(f"could not write the completion marker: {error[0]}")
         if self.is_local_leader:
             final = self.checkpointer.last_committed
-            message: dict[str, Any] = {"spotrain": "completed", "step": self.step}
-            if final is not None:
-                message["checkpoint"] = {"step": final.step, "uri": final.uri, "time": final.time}
-            self._write_termination_log(message)
+            self._write_termination_log(CompletionRecord(
+                step=self.step,
+                checkpoint=None if final is None else CheckpointRef(step=final.step, uri=final.uri, time=final.time),
+            ).to_message())
         self._completed = True
         self.status.update(phase="completed", completed=True, step=self.step)
         self.status.flush(force=True)
         log.info("job complete at step %d", self.step)
 
-    def _write_termination_log(self, obj: dict[str, Any]) -> None:
+    def _write_termination_log(self, message: str) -> None:
         path = self.config.termination_log
         if not path.parent.is_dir():
             return
         try:
             # Written in place: in a pod /dev/termination-log is a bind-mounted file that cannot be renamed over.
             with open(path, "w") as f:
-                f.write(json.dumps(obj))
+                f.write(message)
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as exc:

@@ -8,46 +8,50 @@ import time
 from pathlib import Path
 from typing import Any
 
+from spotrain_protocol import status as keys
+from spotrain_protocol.constants import STATUS_FILE
+
 from .checkpoint.commit import utc_now_rfc3339
-from .constants import STATUS_FILE
 from .statefiles import atomic_write_json, read_json
 
 # Carried over from the previous worker generation of this pod (the state directory outlives workers).
 _CARRIED = (
-    "last_checkpoint",
-    "handled_request_id",
+    keys.LAST_CHECKPOINT,
+    keys.HANDLED_REQUEST_ID,
     "checkpoints_total",
     "checkpoint_failures_total",
     "stall_seconds_total",
     "rendezvous_round",
-    "script_failures",
+    keys.SCRIPT_FAILURES,
 )
 
 
 def default_status(job: str, pod: str) -> dict[str, Any]:
+    """The status file's fields before the worker fills them in; the operator reads those in
+    spotrain_protocol.status."""
     return {
         "job": job,
         "pod": pod,
         "phase": "starting",
-        "step": None,
+        keys.STEP: None,
         "world_size": None,
         "rank": None,
         "restart_count": None,
         "rendezvous_round": None,
         "steps_per_second": None,
-        "handled_request_id": None,
-        "last_checkpoint": None,
+        keys.HANDLED_REQUEST_ID: None,
+        keys.LAST_CHECKPOINT: None,
         "restored_step": None,
-        "completed": False,
+        keys.COMPLETED: False,
         "checkpoint_interval_seconds": None,
         "checkpoint_in_flight_step": None,
         "last_checkpoint_error": None,
         "checkpoints_total": {"regular": 0, "notice": 0, "final": 0, "manual": 0},
         "checkpoint_failures_total": 0,
         "stall_seconds_total": 0.0,
-        "error": None,
+        keys.ERROR: None,
         "error_step": None,
-        "script_failures": 0,  # uncaught exceptions of the script itself in this pod, across restarts (failures.py)
+        keys.SCRIPT_FAILURES: 0,  # uncaught exceptions of the script itself in this pod, across restarts (failures.py)
         "pid": None,
         "updated_at": None,
         "updated_unix": None,

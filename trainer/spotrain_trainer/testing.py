@@ -24,6 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
+from spotrain_protocol import CheckpointRequest, WorkerEnv, envvars
+from spotrain_protocol.constants import CHECKPOINT_PATH, STATUS_FILE, STATUS_PATH
+
 T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
@@ -512,16 +515,17 @@ class Pod:
     def status(self) -> dict[str, Any] | None:
         from .statefiles import read_json
 
-        return read_json(self.state_dir / "status.json")
+        return read_json(self.state_dir / STATUS_FILE)
 
     def http_status(self) -> dict[str, Any]:
-        code, body = http_json("GET", self.url + "/status")
+        code, body = http_json("GET", self.url + STATUS_PATH)
         if code != 200 or not isinstance(body, dict):
             raise RuntimeError(f"GET /status: {code} {body!r}")
         return body
 
     def post_checkpoint(self, request_id: str, reason: str = "test", deadline: str | None = None) -> tuple[int, Any]:
-        return http_json("POST", self.url + "/checkpoint", {"id": request_id, "reason": reason, "deadline": deadline})
+        body = CheckpointRequest(id=request_id, reason=reason, deadline=deadline).to_json()
+        return http_json("POST", self.url + CHECKPOINT_PATH, body)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -562,22 +566,24 @@ class LocalJob:
 
     def pod_env(self, name: str, pod_dir: Path, control_port: int) -> dict[str, str]:
         env = {
-            "SPOTRAIN_JOB_NAME": self.job_name,
-            "SPOTRAIN_NAMESPACE": "test",
+            **WorkerEnv(
+                job_name=self.job_name,
+                namespace="test",
+                rdzv_endpoint=f"{LOOPBACK}:{self.store_port}",
+                rdzv_id=self.rdzv_id,
+                min_nodes=self.min_nodes,
+                max_nodes=self.max_nodes,
+                nproc_per_node=self.nproc_per_node,
+                checkpoint_uri=self.checkpoint_uri,
+                state_dir=str(pod_dir / "state"),
+                staging_dir=str(pod_dir / "staging"),
+                termination_log=str(pod_dir / "termination-log"),
+                control_port=control_port,
+                control_bind=LOOPBACK,
+            ).to_env(),
             "POD_NAME": name,
             "POD_IP": LOOPBACK,
-            "SPOTRAIN_RDZV_ENDPOINT": f"{LOOPBACK}:{self.store_port}",
-            "SPOTRAIN_RDZV_ID": self.rdzv_id,
-            "SPOTRAIN_MIN_NODES": str(self.min_nodes),
-            "SPOTRAIN_MAX_NODES": str(self.max_nodes),
-            "SPOTRAIN_NPROC_PER_NODE": str(self.nproc_per_node),
-            "SPOTRAIN_CHECKPOINT_URI": self.checkpoint_uri,
-            "SPOTRAIN_STATE_DIR": str(pod_dir / "state"),
-            "SPOTRAIN_STAGING_DIR": str(pod_dir / "staging"),
-            "SPOTRAIN_TERMINATION_LOG": str(pod_dir / "termination-log"),
-            "SPOTRAIN_CONTROL_PORT": str(control_port),
-            "SPOTRAIN_CONTROL_BIND": LOOPBACK,
-            "SPOTRAIN_RDZV_CONF_EXTRA": RDZV_CONF_FAST,
+            envvars.RDZV_CONF_EXTRA: RDZV_CONF_FAST,
             "TINY_LOSS_LOG": str(self.loss_log),
         }
         env.update(self.extra_env)
@@ -602,7 +608,7 @@ class LocalJob:
         pod_dir = self.workdir / name
         pod_dir.mkdir(parents=True, exist_ok=True)
         env = self.pod_env(name, pod_dir, free_port())
-        for key in ("SPOTRAIN_RDZV_ENDPOINT", "SPOTRAIN_RDZV_ID"):
+        for key in (envvars.RDZV_ENDPOINT, envvars.RDZV_ID):
             env.pop(key, None)
         if extra_env:
             env.update(extra_env)

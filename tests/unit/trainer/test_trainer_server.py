@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from spotrain_trainer.server import ControlHTTPServer, ControlState, RequestError, parse_checkpoint_request, serve
+from spotrain_trainer.server import ControlHTTPServer, ControlState, serve
 from spotrain_trainer.statefiles import atomic_write_json, read_json
 from spotrain_trainer.testing import http_json
 
@@ -33,16 +33,6 @@ def url(srv: ControlHTTPServer, path: str) -> str:
 def worker_status(srv: ControlHTTPServer, **fields: Any) -> None:
     base = {"phase": "training", "step": 120, "world_size": 4, "updated_unix": time.time()}
     atomic_write_json(srv.state.status_path, {**base, **fields})
-
-
-def test_parse_checkpoint_request() -> None:
-    assert parse_checkpoint_request(b'{"id": "a"}') == {"id": "a", "reason": "request", "deadline": None}
-    req = parse_checkpoint_request(b'{"id": "a", "reason": "spot", "deadline": "2026-01-01T08:22:00Z"}')
-    assert req["deadline"] == "2026-01-01T08:22:00Z"
-    for bad in (b"", b"nope", b"[]", b'{"id": ""}', b'{"id": 5}', b'{"id": "a", "reason": 3}',
-                b'{"id": "a", "deadline": "tomorrow"}', b'{"id": "a", "deadline": "2026-01-01T08:00:00"}'):
-        with pytest.raises(RequestError):
-            parse_checkpoint_request(bad)
 
 
 def test_status_before_any_worker(server: ControlHTTPServer) -> None:

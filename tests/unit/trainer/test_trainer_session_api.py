@@ -17,9 +17,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from spotrain_protocol import REQUEST_FILE
 from spotrain_trainer.checkpoint.commit import CheckpointError
 from spotrain_trainer.checkpoint.storage import LocalStorage
-from spotrain_trainer.constants import EXIT_CHECKPOINTED_ON_NOTICE, REQUEST_FILE
+from spotrain_trainer.constants import EXIT_CHECKPOINTED_ON_NOTICE
 from spotrain_trainer.data import ElasticDistributedSampler
 from spotrain_trainer.notice import reduces_cpu_tensors, second_save_fits
 from spotrain_trainer.session import CheckpointedOnNotice, Session

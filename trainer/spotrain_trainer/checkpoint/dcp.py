@@ -40,6 +40,8 @@ from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 
+from spotrain_protocol import status as keys
+
 from .commit import (
     CheckpointError,
     CommitMarker,
@@ -77,16 +79,16 @@ class CheckpointRecord:
 
     def to_status(self) -> dict[str, Any]:
         return {
-            "step": self.step,
-            "uri": self.uri,
-            "time": self.time,
+            keys.CHECKPOINT_STEP: self.step,
+            keys.CHECKPOINT_URI: self.uri,
+            keys.CHECKPOINT_TIME: self.time,
             "unix_time": self.unix_time,
             "duration_seconds": round(self.duration_seconds, 6),
             "stall_seconds": round(self.stall_seconds, 6),
             "bytes": self.bytes,
             "world_size": self.world_size,
             "reason": self.reason,
-            "request_id": self.request_id,
+            keys.CHECKPOINT_REQUEST_ID: self.request_id,
         }
 
     @classmethod
