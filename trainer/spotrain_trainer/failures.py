@@ -14,6 +14,8 @@ import sys
 from collections.abc import Callable
 from types import TracebackType
 
+from spotrain_protocol import status as keys
+
 from .status import StatusReporter
 
 # What a collective raises when a peer process or node goes away (gloo, NCCL, the c10d store), as opposed to an
@@ -45,7 +47,7 @@ def record_script_failures(status: StatusReporter, step: Callable[[], int | None
 
     def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
         if not is_peer_loss(error):
-            status.update(script_failures=int(status.get("script_failures") or 0) + 1,
+            status.update(script_failures=int(status.get(keys.SCRIPT_FAILURES) or 0) + 1,
                           error=f"{kind.__name__}: {error}"[:MAX_ERROR_CHARS], error_step=step(), phase="failed")
             status.flush(force=True)
         previous(kind, error, trace)

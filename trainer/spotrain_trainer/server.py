@@ -186,13 +186,14 @@ class ControlState:
                     g.add_metric(lv, v)
                     return g
 
-                last = status.get("last_checkpoint") or {}
+                last = status.get(keys.LAST_CHECKPOINT) or {}
                 gauges = [
-                    gauge("step", "Steps completed (the step the worker is at).", status.get("step")),
+                    gauge("step", "Steps completed (the step the worker is at).", status.get(keys.STEP)),
                     gauge("steps_per_second", "Training throughput (EWMA).", status.get("steps_per_second")),
                     gauge("world_size", "Number of ranks in the current rendezvous round.", status.get("world_size")),
                     gauge("restart_count", "Worker group restarts of this pod's agent.", status.get("restart_count")),
-                    gauge("last_checkpoint_step", "Step of the newest durable checkpoint.", last.get("step")),
+                    gauge("last_checkpoint_step", "Step of the newest durable checkpoint.",
+                          last.get(keys.CHECKPOINT_STEP)),
                     gauge(
                         "last_checkpoint_age_seconds",
                         "Seconds since the newest durable checkpoint was committed.",
@@ -217,9 +218,9 @@ class ControlState:
                     gauge(
                         "checkpoint_request_pending",
                         "1 while a checkpoint request has not been handled.",
-                        status.get("checkpoint_request") is not None,
+                        status.get(keys.CHECKPOINT_REQUEST) is not None,
                     ),
-                    gauge("completed", "1 once the job completed.", bool(status.get("completed"))),
+                    gauge("completed", "1 once the job completed.", bool(status.get(keys.COMPLETED))),
                     gauge("status_age_seconds", "Age of the worker's status file.", status.get("status_age_seconds")),
                 ]
                 yield from (g for g in gauges if g is not None)
