@@ -33,6 +33,7 @@ from spotrain_operator.core.reconcile import Decision, Observed, decide
 
 T0 = datetime.datetime(2026, 1, 1, 8, 0, 0, tzinfo=datetime.UTC)
 READY_AT = "2026-01-01T07:00:00Z"
+ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
 QUICKSTART = yaml.safe_load((Path(__file__).resolve().parents[3] / "examples" / "quickstart.yaml").read_text())
 JOB = JobRef("job", "ns", "0123456789abcdef")
 
@@ -115,11 +116,11 @@ def test_any_event_is_read_without_error_and_answers_briefly(extra: dict[str, An
 
 # -- the core: cool down and re-place at once --------------------------------------------------------------------
 
-def spec(**extra: Any) -> Any:
+def spec(zones: tuple[str, ...] = ("us-east-1a", "us-east-1b"), **extra: Any) -> Any:
     raw = copy.deepcopy(QUICKSTART["spec"])
     raw["placement"]["pools"] = [
         {"name": "spot", "nodeSelector": {wk.KARPENTER_NODEPOOL: "spot"}, "capacityType": "spot",
-         "zones": ["us-east-1a", "us-east-1b"], "provisioningTimeout": "10m"},
+         "zones": list(zones), "provisioningTimeout": "10m"},
         {"name": "on-demand", "nodeSelector": {wk.KARPENTER_NODEPOOL: "on-demand"}, "capacityType": "on-demand"}]
     raw["elastic"] = {"minNodes": 1, "maxNodes": 1}
     raw["fallback"] = {"pool": "on-demand", "after": "5m", "maxNodes": 1}
@@ -176,6 +177,25 @@ def test_a_probe_karpenter_cannot_serve_is_given_up_and_its_zone_cooled() -> Non
     d = decide_with([probe], {probe.name: "node limits have been exhausted for nodepool (NodePool=spot)"})
     assert any(isinstance(a, act.DeletePod) and a.name == probe.name for a in d.actions)
     assert "spot/us-east-1a" in d.status["cooldowns"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(ZONES), st.booleans()), min_size=1, max_size=3, unique_by=lambda t: t[0]),
+       st.booleans())
+def test_no_worker_is_placed_where_karpenter_just_said_no(waiting: list[tuple[str, bool]], probe: bool) -> None:
+    s = spec(ZONES, elastic={"minNodes": 1, "maxNodes": 3})
+    pods = [pending(f"job-{'probe' if probe and i == 0 else 'w'}-{11 + i}-g1", zone,
+                    role=PROBE_ROLE if probe and i == 0 else "worker", serial=11 + i)
+            for i, (zone, _) in enumerate(waiting)]
+    refused = {p.name: "limits" for p, (_, no) in zip(pods, waiting, strict=True) if no}
+    d = decide_with(pods, refused, s)
+    refused_zones = {p.zone for p in pods if p.name in refused}
+    for name in refused:
+        assert any(isinstance(a, act.DeletePod) and a.name == name for a in d.actions)
+    assert {f"spot/{z}" for z in refused_zones} <= d.status.get("cooldowns", {}).keys()
+    for a in d.actions:
+        if isinstance(a, act.CreatePod) and a.manifest["metadata"]["labels"].get(wk.POOL_LABEL) == "spot":
+            assert a.manifest["spec"]["nodeSelector"][wk.ZONE] not in refused_zones, a.manifest["metadata"]["name"]
+    assert not [a for a in d.actions if isinstance(a, act.Event) and a.reason == "ProvisioningTimeout"]
 
 
 # -- the shell: asks only when a pod waits for a Karpenter node ------------------------------------------------
