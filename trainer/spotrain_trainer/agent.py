@@ -4,15 +4,33 @@ It is torchrun (``torch.distributed.run.main``) with one log record reworded. Wo
 notice exit with ``EXIT_CHECKPOINTED_ON_NOTICE`` (75), non-zero on purpose (a worker exiting 0 makes its agent
 close the rendezvous for every node), and torchrun logs every non-zero exit as an error: ``failed (exitcode: 75)
 local_rank: 0 (pid: ...) of binary: ...``, which reads like a crash in the pod's log. :class:`NoticeExitFilter`
-turns that record (and only that one) into a warning that says what happened; torchrun's behaviour is unchanged.
+turns that record (and only that one) into a warning that says what happened.
+
+An agent stopped by a signal (its pod evicted after a notice) leaves the rendezvous before it exits. torchrun does
+not: on a ``SignalException`` it keeps the rendezvous open for the others and simply stops
+(torch/distributed/launcher/api.py, ``launch_agent``), so the departed node stays a participant of the complete
+round until its heartbeats expire (``keep_alive_interval`` x ``keep_alive_max_attempt``, 15 s by default), and
+the survivors' next round cannot start before that. The agent's rendezvous handler is torch's own c10d handler,
+made through the backend registry (:data:`RDZV_BACKEND`) so that this module holds it; on the signal it runs
+the same exit operation torch runs before each re-join (``DynamicRendezvousHandler.next_rendezvous``), which
+removes this node from the participants and, with the last one gone, starts the next round at once.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from typing import Any
 
 from .constants import EXIT_CHECKPOINTED_ON_NOTICE
+
+log = logging.getLogger("spotrain.agent")
+
+#: The rendezvous backend spotrain-launch names: torch's c10d handler, kept by this module (see above).
+RDZV_BACKEND = "spotrain-c10d"
+#: How long a departing agent tries to leave the rendezvous; past it, heartbeat expiry removes it as before.
+LEAVE_TIMEOUT_SECONDS = 5.0
 
 #: The logger and message of torchrun's record for failed workers (torch/distributed/elastic/multiprocessing/api.py,
 #: ``SubprocessContext._poll``: ``logger.error("failed (exitcode: %s) local_rank: %s (pid: %s) of binary: %s", ...)``).
@@ -39,11 +57,69 @@ class NoticeExitFilter(logging.Filter):
         return True
 
 
+class RendezvousHandlers:
+    """Makes the agent's c10d rendezvous handlers as torch's registry does (``registry._create_c10d_handler``) and
+    keeps them, so that a departing agent can leave."""
+
+    def __init__(self) -> None:
+        self.made: list[Any] = []
+
+    def create(self, params: Any) -> Any:
+        from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend, create_backend
+        from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
+
+        class SpotrainC10dBackend(C10dRendezvousBackend):
+            """torch's c10d backend under spotrain's name (the handler registry checks that the two agree)."""
+
+            @property
+            def name(self) -> str:
+                return RDZV_BACKEND
+
+        _, store = create_backend(params)  # the store, connected (or hosted) as torch does it
+        handler = create_handler(store, SpotrainC10dBackend(store, params.run_id), params)
+        self.made.append(handler)
+        return handler
+
+    def leave_all(self, timeout: float = LEAVE_TIMEOUT_SECONDS) -> None:
+        for handler in self.made:
+            leave_rendezvous(handler, timeout)
+
+
+def leave_rendezvous(handler: Any, timeout: float = LEAVE_TIMEOUT_SECONDS) -> None:
+    """Removes this node from the rendezvous's participants (without closing the rendezvous for the others).
+    Uses torch's private exit operation (``_RendezvousExitOp``, torch 2.13), as ``next_rendezvous`` does; a store
+    that cannot be reached leaves the node to heartbeat expiry, as without this."""
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import _RendezvousExitOp
+
+    handler._stop_heartbeats()
+    try:
+        handler._op_executor.run(_RendezvousExitOp(), time.monotonic() + timeout)
+    except Exception as e:  # the store may be gone too; the others then wait out the heartbeats, as before
+        log.warning("could not leave the rendezvous (%s: %s); the others wait for its heartbeats to expire",
+                    type(e).__name__, e)
+    else:
+        log.info("left the rendezvous: the other nodes' next round need not wait for this node's heartbeats")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.getLogger(TORCHRUN_LOGGER).addFilter(NoticeExitFilter())
+    if not log.handlers:  # torchrun configures only torch's loggers; this one's lines go to the pod's log too
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
     from torch.distributed.run import main as torchrun
 
-    torchrun(sys.argv[1:] if argv is None else argv)
+    handlers = RendezvousHandlers()
+    rendezvous_handler_registry.register(RDZV_BACKEND, handlers.create)
+    try:
+        torchrun(sys.argv[1:] if argv is None else argv)
+    except SignalException:
+        handlers.leave_all()
+        raise
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from spotrain_protocol import envvars
 from spotrain_protocol.constants import CONTROL_PORT, DEFAULT_STATE_DIR, DEFAULT_TERMINATION_LOG, RENDEZVOUS_PORT
 
+from .agent import RDZV_BACKEND
 from .config import ConfigError, default_job_name, env_float, env_int, env_str
 from .constants import DEFAULT_MAX_RESTARTS
 
@@ -86,7 +87,7 @@ def build_launch(
         f"--nnodes={min_nodes}:{max_nodes}",
         f"--nproc-per-node={nproc}",
         f"--max-restarts={max_restarts}",
-        "--rdzv-backend=c10d",
+        f"--rdzv-backend={RDZV_BACKEND}",  # torch's c10d handler; a departing agent leaves it (agent.py)
         f"--rdzv-endpoint={endpoint}",
         f"--rdzv-id={rdzv_id}",
         f"--rdzv-conf={','.join(f'{k}={v}' for k, v in conf.items())}",

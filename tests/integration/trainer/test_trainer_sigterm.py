@@ -70,6 +70,8 @@ def test_sigterm_to_one_agent_checkpoints_durably_and_survivor_resumes(
         assert b.proc is not None
         b.proc.wait(timeout=120)
         exited_at = time.time()
+        # B's agent left the rendezvous on its way out: A's next round did not wait out B's heartbeats.
+        assert "left the rendezvous" in procs.log_text("pod-b"), procs.log_text("pod-b")[-3000:]
 
         # B's status names the checkpoint its workers took on the way out.
         status_b = b.status()

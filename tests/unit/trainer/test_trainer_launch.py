@@ -39,7 +39,7 @@ def test_argv_and_env_from_the_pod_environment() -> None:
         "--nnodes=2:8",
         "--nproc-per-node=4",
         "--max-restarts=1000000",
-        "--rdzv-backend=c10d",
+        "--rdzv-backend=spotrain-c10d",
         "--rdzv-endpoint=bert-rdzv.ml.svc:29400",
         "--rdzv-id=bert-g7",
         "--rdzv-conf=is_host=false,last_call_timeout=5",
