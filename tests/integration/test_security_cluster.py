@@ -1,7 +1,7 @@
 """Security against the devcluster's real apiserver: the operator's RBAC is exactly what its code calls, namespace
-editors and viewers get SpotTrainingJobs through the aggregated roles, the job NetworkPolicy is accepted, the agent's
-admission policy confines a node-bound token to its own Node, and the pods spotrain makes pass Pod Security
-"restricted"."""
+editors and viewers get SpotTrainingJobs through the aggregated roles, the operator started as the chart starts it
+makes each job its NetworkPolicy, the agent's admission policy confines a node-bound token to its own Node, and the
+pods spotrain makes pass Pod Security "restricted"."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ from kubernetes.client.rest import ApiException
 from spotrain_dev.cluster import DevCluster
 from spotrain_dev.nodes import NodeSimulator
 from spotrain_dev.testing import Harness, wait_for
+from spotrain_operator import main as operator_main
 from spotrain_operator import wellknown as wk
 from spotrain_operator.api import parse_spec
+from spotrain_operator.core.network import NetworkPolicyConfig, render_network_policy
 from spotrain_operator.core.placement import Choice
 from spotrain_operator.core.pods import JobRef, render_rendezvous, render_worker
 
@@ -96,6 +98,8 @@ OPERATOR_EVERYWHERE = _grants(
     ("policy", ["poddisruptionbudgets"], ["create"]),  # the rendezvous store's budget
     ("karpenter.sh", ["nodepools"], ["get", "list", "watch"]),  # capacity.py: pools that scale from zero
     ("", ["configmaps"], ["get"]),  # spec.placement.pricingConfigMap
+    # controllers/network.py's index of the jobs' policies; cluster.create of each job's, patched when out of date
+    ("networking.k8s.io", ["networkpolicies"], ["list", "watch", "create", "patch"]),
     ("", ["namespaces"], ["list", "watch"]),  # kopf
     ("", ["events"], ["create"]),  # cluster.post_event
     ("apiextensions.k8s.io", ["customresourcedefinitions"], ["list", "watch"]),  # kopf
@@ -172,32 +176,73 @@ def test_editors_and_viewers_get_spotrainingjobs_through_aggregation(
 
 
 # -- NetworkPolicy -------------------------------------------------------------------------------------------------
+# The devcluster has no network plugin, so nothing here enforces a NetworkPolicy: these tests check the objects (what
+# the chart asks of the operator, what the operator makes, that the apiserver stores them as rendered, and that they
+# go with their job), not the traffic.
 
-def test_job_network_policy_is_rendered_where_jobs_run_and_accepted(devcluster: DevCluster, namespace: str,
-                                                                     render: Render) -> None:
-    assert not [o for o in render(namespace) if o["kind"] == "NetworkPolicy"], "no namespace named, none made"
-    assert not [o for o in render(namespace, "networkPolicy.enabled=false", f"watchNamespace={namespace}")
-                if o["kind"] == "NetworkPolicy"]
-    (watched,) = [o for o in render("spotrain-system", f"watchNamespace={namespace}") if o["kind"] == "NetworkPolicy"]
-    assert watched["metadata"]["namespace"] == namespace
-    objects = render("spotrain-system", f"networkPolicy.jobNamespaces={{{namespace},default}}",
-                     "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring")
-    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
-    assert sorted(p["metadata"]["namespace"] for p in policies) == sorted([namespace, "default"])
-    spec = policies[0]["spec"]
-    job_pods = {"matchExpressions": [{"key": wk.JOB_LABEL, "operator": "Exists"}]}
-    assert spec["podSelector"] == job_pods and spec["policyTypes"] == ["Ingress"]
-    among_jobs, control = spec["ingress"]
-    assert among_jobs == {"from": [{"podSelector": job_pods}]}, "job pods reach each other (c10d, collectives)"
-    assert control["ports"] == [{"port": 8470, "protocol": "TCP"}]
-    operator_peer, metrics_peer = control["from"]
-    assert operator_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "spotrain-system"}}
+def operator_args(objects: list[dict[str, Any]]) -> list[str]:
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    return args
+
+
+def test_the_chart_has_the_operator_make_each_job_its_network_policy(render: Render) -> None:
+    objects = render("spotrain-system", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=monitoring")
+    assert not [o for o in objects if o["kind"] == "NetworkPolicy"], "a namespace-wide policy would undo the job's"
+    config = operator_main.parse_args(operator_args(objects)).network_policy_config
+    (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert config is not None and config.operator_namespace == "spotrain-system"
+    assert config.operator_labels.items() <= pod_labels.items()
+    assert config.operator_labels["app.kubernetes.io/component"] == "operator"
+    assert config.control_peers == ({"namespaceSelector": {"matchLabels": {"team": "monitoring"}}},)
+    off = render("spotrain-system", "networkPolicy.enabled=false")
+    assert operator_main.parse_args(operator_args(off)).network_policy_config is None
+    assert not [r for o in off if o["kind"] == "ClusterRole" for r in o["rules"] if "networkpolicies" in r["resources"]]
+
+
+def test_the_operator_makes_each_job_its_network_policy_once_started_with_the_flag(
+        harness: Harness, api_client: client.ApiClient, render: Render) -> None:
+    networking = client.NetworkingV1Api(api_client)
+    namespace = harness.namespace
+
+    def policies() -> list[client.V1NetworkPolicy]:
+        return list(networking.list_namespaced_network_policy(namespace).items)
+
+    stable = harness.add_node("on-demand", "us-east-1a")
+    harness.wait_nodes_ready([stable])
+    without = harness.start_operator()
+    harness.create_job(harness.job_manifest(min_nodes=1, max_nodes=1))
+    wait_for("the rendezvous pod", lambda: harness.pods("rendezvous"))
+    harness.wait_reconciles()
+    assert policies() == [], "an operator started without --network-policy makes none"
+    harness.kill(without)
+
+    # Started as the chart starts it, with the operator in the test's namespace: the running job gets its policy.
+    args = operator_args(render(namespace))
+    flags = args[args.index("--network-policy"):args.index("--network-policy-control-from") + 2]
+    harness.start_operator(*flags)
+    (policy,) = wait_for("the job's NetworkPolicy", policies)
+    job = harness.job()
+    owner = policy.metadata.owner_references[0]
+    assert (owner.kind, owner.name, owner.uid, owner.controller) == (wk.KIND, "job", job["metadata"]["uid"], True)
+    own_pods = {"matchLabels": {wk.JOB_LABEL: "job"}}
+    stored = api_client.sanitize_for_serialization(policy.spec)
+    assert stored["podSelector"] == own_pods and stored["ingress"][0] == {"from": [{"podSelector": own_pods}]}
+    operator_peer = stored["ingress"][1]["from"][0]
+    assert operator_peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
     assert operator_peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
-    assert metrics_peer == {"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}
-    result = devcluster.kubectl_run("apply", "--dry-run=server", "--validate=strict", "-f", "-",
-                                    input=json.dumps(policies[0] | {"metadata": {**policies[0]["metadata"],
-                                                                                 "namespace": namespace}}))
-    assert result.returncode == 0, result.stderr
+    config = operator_main.parse_args(flags).network_policy_config
+    assert config == NetworkPolicyConfig(namespace, operator_peer["podSelector"]["matchLabels"])
+    rendered = render_network_policy(JobRef("job", namespace, job["metadata"]["uid"]), config)
+    assert stored == rendered["spec"], "stored as rendered (nothing dropped or defaulted): its spec hash stays current"
+
+    # Deleted by hand: put back.
+    networking.delete_namespaced_network_policy(policy.metadata.name, namespace)
+    wait_for("the policy put back", lambda: [p for p in policies() if p.metadata.uid != policy.metadata.uid])
+    # Owned by the job: the garbage collector deletes it with the job.
+    harness.custom.delete_namespaced_custom_object(wk.GROUP, wk.VERSION, namespace, wk.PLURAL, "job")
+    wait_for("the policy garbage collected with its job", lambda: not policies())
 
 
 # -- the agent: its own Node, spotrain's keys only --------------------------------------------------------------
