@@ -9,7 +9,9 @@ karpenter.sh/nodepool=NAME) serve only its jobs.
 from __future__ import annotations
 
 import datetime
+import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -20,6 +22,9 @@ from spotrain_dev.cluster import REPO, DevCluster
 from spotrain_dev.karpenter import NODE_POOLS, Karpenter, node_pool
 from spotrain_dev.testing import ZONES, FakeTrainerEndpoints, Harness, wait_for
 from spotrain_operator import wellknown as wk
+from spotrain_operator.core.placement import Choice
+from spotrain_operator.core.pods import JobRef
+from spotrain_operator.core.provisioning import render_probe
 
 KARPENTER = (wk.KARPENTER_GROUP, wk.KARPENTER_VERSION)
 PROVISIONING = 180.0  # a NodeClaim, a KWOK node turning Ready and a scheduled pod, on a loaded 2-core machine
@@ -122,22 +127,52 @@ def test_a_job_on_nodepools_with_zero_nodes_starts(harness: Harness, node_pools:
     assert _node(harness, store.spec.node_name).metadata.labels[wk.KARPENTER_CAPACITY_TYPE] == "on-demand"
 
 
-def test_a_zone_the_autoscaler_does_not_serve_is_given_up_after_the_provisioning_timeout(
+def test_a_pool_whose_autoscaler_does_not_deliver_is_given_up_after_the_provisioning_timeout(
         harness: Harness, node_pools: NodePools) -> None:
-    # The spec's zones win over the NodePool's: us-east-1c is asked for, but Karpenter may only launch in 1a.
+    # A pool Karpenter does not manage (its nodes would come from a cluster-autoscaler node group that never
+    # scales here): no word from any autoscaler, so only the pool's provisioning timeout moves its worker.
     spot = node_pools.create("spot", "spot", zones=("us-east-1a",))
     on_demand = node_pools.create("od", "on-demand")
     harness.start_operator()
     manifest = harness.job_manifest(min_nodes=1, max_nodes=2, pools=[
-        karpenter_pool("spot", spot, "spot", zones=["us-east-1a", "us-east-1c"], provisioningTimeout="15s"),
+        karpenter_pool("spot", spot, "spot"),
+        {"name": "asg-spot", "capacityType": "spot", "zones": ["us-east-1c"], "provisioningTimeout": "15s",
+         "nodeSelector": {"eks.amazonaws.com/nodegroup": f"{spot}-asg"}},
         karpenter_pool("on-demand", on_demand, "on-demand")])
     del manifest["spec"]["fallback"]
     harness.create_job(manifest)
 
     wait_for("2 workers in us-east-1a", lambda: len(ws := harness.running_workers()) == 2 and all(
         w.metadata.annotations[wk.ZONE] == "us-east-1a" for w in ws), timeout=PROVISIONING)
-    assert any("spot/us-east-1c" in m for m in _events(harness, "ProvisioningTimeout"))
-    assert "spot/us-east-1c" in harness.status()["cooldowns"]
+    assert any("asg-spot/us-east-1c" in m for m in _events(harness, "ProvisioningTimeout"))
+    assert "asg-spot/us-east-1c" in harness.status()["cooldowns"]
+    assert not _events(harness, "CapacityUnavailable")
+
+
+def test_a_zone_whose_nodepool_limit_karpenter_reports_is_replaced_before_the_provisioning_timeout(
+        harness: Harness, node_pools: NodePools) -> None:
+    # 4 CPUs left in us-east-1a: enough for the worker's request of 2 (so the operator places one there), too
+    # little for any instance type (8 CPUs), so Karpenter refuses: "all available instance types exceed limits for
+    # nodepool" on the pod. Only that word can explain a move: the provisioning timeout is 10 minutes.
+    spot_a = node_pools.create("spot-a", "spot", zones=("us-east-1a",), limits={"cpu": "4"})
+    spot_b = node_pools.create("spot-b", "spot", zones=("us-east-1b",))
+    on_demand = node_pools.create("od", "on-demand")
+    harness.start_operator()
+    manifest = harness.job_manifest(min_nodes=1, max_nodes=2, pools=[
+        karpenter_pool("spot-a", spot_a, "spot", provisioningTimeout="10m"),
+        karpenter_pool("spot-b", spot_b, "spot", provisioningTimeout="10m"),
+        karpenter_pool("on-demand", on_demand, "on-demand")])
+    del manifest["spec"]["fallback"]
+    harness.create_job(manifest)
+
+    (message,) = wait_for("the operator reads Karpenter's refusal", lambda: _events(harness, "CapacityUnavailable"),
+                          timeout=PROVISIONING)
+    assert "spot-a/us-east-1a" in message and "exceed limits for nodepool" in message, message
+    wait_for("2 workers running in us-east-1b", lambda: len(ws := harness.running_workers()) == 2 and all(
+        w.metadata.annotations[wk.ZONE] == "us-east-1b" for w in ws), timeout=PROVISIONING)
+    assert "spot-a/us-east-1a" in harness.status()["cooldowns"]
+    assert not _events(harness, "ProvisioningTimeout")
+    assert not node_pools.node_claims(spot_a)
 
 
 def test_nodepool_limits_fallback_after_the_delay_and_back_to_spot_without_flapping(
@@ -250,16 +285,34 @@ def test_the_eks_karpenter_example_starts_from_zero_nodes(harness: Harness, karp
         harness.start_operator()
         harness.create_job(manifest)
         name = manifest["metadata"]["name"]
-        status = wait_for("all 8 workers ready", lambda: (s := harness.status(name)).get("readyWorkers") == 8 and s,
-                          timeout=PROVISIONING)
+        status = wait_for("Running with all 8 workers ready", lambda: (s := harness.status(name)).get(
+            "readyWorkers") == 8 and s.get("phase") == "Running" and s, timeout=PROVISIONING)
         workers = harness.running_workers(name)
         # zones: Pack keeps the job in one zone; the spot pools take every worker (weight and maxNodes).
         assert len({w.metadata.annotations[wk.ZONE] for w in workers}) == 1
         assert {w.metadata.labels[wk.POOL_LABEL] for w in workers} <= {"p4d-spot", "p5-spot"}
         assert status["workers"]["byCapacityType"] == {"spot": 8}
+        # Every worker's node is one Karpenter launched for it: a NodeClaim of gpu-spot names it.
+        claimed = {c["status"].get("nodeName") for c in harness.custom.list_cluster_custom_object(
+            *KARPENTER, "nodeclaims", label_selector=f"{wk.KARPENTER_NODEPOOL}=gpu-spot")["items"]}
+        assert {w.spec.node_name for w in workers} <= claimed
         for w in workers:
             labels = _node(harness, w.spec.node_name).metadata.labels
             assert labels[wk.KARPENTER_NODEPOOL] == "gpu-spot" and labels[wk.KARPENTER_CAPACITY_TYPE] == "spot"
     finally:
         harness.custom.delete_collection_namespaced_custom_object(wk.GROUP, wk.VERSION, harness.namespace, wk.PLURAL)
         karpenter.cluster.kubectl("delete", "-f", str(NODE_POOLS), "--wait=false")
+
+
+def test_the_return_to_spot_probe_passes_restricted_pod_security(devcluster: DevCluster, namespace: str,
+                                                                 core: client.CoreV1Api) -> None:
+    core.patch_namespace(namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted",
+                                                             "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    job = JobRef("a-rather-long-job-name.with.dots-" + "x" * 80, namespace, str(uuid.uuid4()))
+    probe = render_probe(job, Choice("spot", "us-east-1a"), 12, 3, {wk.KARPENTER_NODEPOOL: "spot"},
+                         [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                         {"cpu": Decimal(2), "nvidia.com/gpu": Decimal(1)})
+    # The owner does not exist: only admission is under test (the API server would otherwise accept the reference).
+    probe["metadata"].pop("ownerReferences")
+    created = core.create_namespaced_pod(namespace, probe, dry_run="All")
+    assert created.metadata.name == probe["metadata"]["name"]
