@@ -177,9 +177,14 @@ def node_pool_of(node_selector: Mapping[str, str], node_pools: Mapping[str, Node
 # "karpenter.sh/nodepool In [NAME]" (nodeclaim.go:364-398, InstanceTypeFilterError; nodeclaimtemplate.go:71). A
 # launch that fails for insufficient capacity deletes the NodeClaim and writes InsufficientCapacityError on the
 # NodeClaim, not the pod (pkg/controllers/nodeclaim/lifecycle/launch.go:85); the pod is pending again, and the
-# next simulation, with the offering the cloud provider now marks unavailable, reports it as above. A NodePool
+# next simulation reports it as above, "no instance type has the required offering", since the cloud provider
+# leaves that offering out for a while (karpenter-provider-aws pkg/cache/unavailableofferings.go: 3 minutes). The
+# KWOK provider never fails a launch (every offering is available), so on the devcluster a limit is the refusal
+# that can be produced; NoCompatibleInstanceTypes is an Event on the NodePool, not the pod. A NodePool
 # that is not Ready is left out of the simulation (provisioner.go:252), so its pods are reported as incompatible
-# with the others: such a report is not taken for an answer until the NodePool is Ready.
+# with the others: such a report is not taken for an answer until the NodePool is Ready. Karpenter writes the
+# Event once per pod for 5 minutes (DedupeTimeout): a report set aside that way leaves the pod to its provisioning
+# timeout, the answer for every pool whose autoscaler says nothing.
 
 FAILED_SCHEDULING = "FailedScheduling"
 KARPENTER_COMPONENT = "karpenter"
