@@ -16,12 +16,14 @@ Event in the cluster would cost far more than this, and the job's resync brings 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import kopf
+from kubernetes.client.rest import ApiException
 
 from spotrain_operator import wellknown as wk
 from spotrain_operator.api import JobSpec
@@ -38,6 +40,8 @@ from spotrain_operator.core.provisioning import (
 )
 
 PodRequests = dict[str, Decimal]
+log = logging.getLogger("spotrain.capacity")
+_REFUSALS_LOGGED: set[int | None] = set()
 
 
 @kopf.index(wk.KARPENTER_GROUP, wk.KARPENTER_VERSION, wk.KARPENTER_NODEPOOLS)
@@ -108,4 +112,14 @@ def unservable(cluster: Cluster, namespace: str, spec: JobSpec, pods: Sequence[P
             waiting[pod.name] = node_pool
     if not waiting:
         return {}
-    return pods_karpenter_cannot_serve(cluster.list_events(namespace, KARPENTER_EVENTS_SELECTOR), waiting)
+    try:
+        events = cluster.list_events(namespace, KARPENTER_EVENTS_SELECTOR)
+    except ApiException as e:
+        # An extra signal, not a requirement: without it (a chart older than the events rule, an API hiccup) the
+        # provisioning timeout still moves the pod, so the pass goes on. Said once per kind of refusal.
+        if e.status not in _REFUSALS_LOGGED:
+            _REFUSALS_LOGGED.add(e.status)
+            log.warning("cannot list Karpenter's events in %s (%s %s); pending pods wait for their provisioning "
+                        "timeout instead", namespace, e.status, e.reason)
+        return {}
+    return pods_karpenter_cannot_serve(events, waiting)

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
+from kubernetes.client.rest import ApiException
 
 from spotrain_operator import wellknown as wk
 from spotrain_operator.api import parse_spec
@@ -223,3 +224,12 @@ def test_the_shell_lists_karpenter_events_only_for_pods_waiting_on_a_nodepool() 
                         ([waiting], {})):  # no NodePool: Karpenter does not serve this pool
         assert unservable(cluster, "ns", spec(), pods, pools) == {}  # type: ignore[arg-type]
     assert cluster.asked == []
+
+
+def test_a_refused_events_list_leaves_the_pods_to_their_timeout() -> None:
+    class Forbidden(FakeCluster):
+        def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
+            raise ApiException(status=403, reason="Forbidden")
+
+    waiting = pending("job-w-11-g1", "us-east-1a")
+    assert unservable(Forbidden([]), "ns", spec(), [waiting], {"spot": node_pool()}) == {}  # type: ignore[arg-type]
