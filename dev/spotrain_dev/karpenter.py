@@ -8,8 +8,9 @@ pods like the pre-provisioned ones. Instance types come from dev/karpenter/insta
 is forced available by the provider (kwok/cloudprovider/helpers.go, setDefaultOptions), so "capacity runs out"
 is made with NodePool ``limits``.
 
-Started only by what needs it (the autoscaling tests' session fixture, ``make dev-up`` users by hand): the rest
-of the suite does not pay for it.
+Started only by what needs it (the autoscaling tests' module fixture): the rest of the suite does not pay for it.
+``start()`` also applies dev/karpenter/nodepools.yaml: the NodePools examples/eks-karpenter.yaml names, and
+``spot`` and ``on-demand`` with CPU limits.
 """
 
 from __future__ import annotations
