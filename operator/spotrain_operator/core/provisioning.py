@@ -209,7 +209,7 @@ def karpenter_cannot_serve(event: Mapping[str, Any], node_pool: NodePoolView) ->
     if component != KARPENTER_COMPONENT or node_pool.ready_since is None:
         return None
     written = _event_time(event)
-    if written is None or written < node_pool.ready_since:
+    if written is None or written <= node_pool.ready_since:  # both to the second: the same second is not after
         return None
     message = str(event.get("message") or "").removeprefix(_KARPENTER_PREFIX).strip()
     errors = [e.strip() for e in message.split("; ") if e.strip()]

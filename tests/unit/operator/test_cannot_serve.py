@@ -86,6 +86,7 @@ def test_other_reporters_reasons_and_unready_nodepools_are_not_an_answer() -> No
     # A NodePool that is not Ready is left out of Karpenter's simulation: its pods look incompatible until it is.
     assert karpenter_cannot_serve(event(LIMIT), node_pool(ready_at=None)) is None
     assert karpenter_cannot_serve(event(LIMIT, at="2026-01-01T06:59:59Z"), node_pool()) is None
+    assert karpenter_cannot_serve(event(LIMIT, at=READY_AT), node_pool()) is None  # the same second: maybe before
     # The newer core/v1 field also names the reporter.
     newer = {**event(NODE_LIMIT), "source": {}, "reportingComponent": "karpenter"}
     assert karpenter_cannot_serve(newer, node_pool())
