@@ -42,7 +42,7 @@ def test_argv_and_env_from_the_pod_environment() -> None:
         "--rdzv-backend=spotrain-c10d",
         "--rdzv-endpoint=bert-rdzv.ml.svc:29400",
         "--rdzv-id=bert-g7",
-        "--rdzv-conf=is_host=false,last_call_timeout=5",
+        "--rdzv-conf=is_host=false,last_call_timeout=2",
         "--local-addr=10.0.3.7",
         "train.py",
         "--lr",
