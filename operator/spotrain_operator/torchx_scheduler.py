@@ -20,11 +20,12 @@ kubeconfig context's, else ``default``), ``checkpoint_uri`` (overrides ``spec.ch
 
 from __future__ import annotations
 
+import codecs
 import copy
 import json
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +38,6 @@ from torchx.schedulers.api import (
     Scheduler,
     Stream,
     filter_regex,
-    split_lines,
 )
 from torchx.schedulers.ids import make_unique
 from torchx.specs import AppDef, AppDryRunInfo, AppState, ReplicaStatus, Role, RoleStatus, macros, runopts
@@ -384,15 +384,29 @@ class SpotrainScheduler(Scheduler[SpotrainOpts]):
         args: dict[str, Any] = {"name": pod["metadata"]["name"], "namespace": namespace, "container": container}
         if since is not None:
             args["since_seconds"] = max(1, int((datetime.now() - since).total_seconds()))
-        core = self._core()
-        lines: Iterable[str]
-        if should_tail:
-            from kubernetes import watch
-
-            lines = watch.Watch().stream(core.read_namespaced_pod_log, **args)
-        else:
-            lines = split_lines(core.read_namespaced_pod_log(**args))
+        # The body is read raw: kubernetes-client 36 returns a text response as the repr of its bytes ("b'...'"),
+        # and its Watch asks for pod logs with watch=True instead of follow=True (kubernetes-client/python#2596).
+        response = self._core().read_namespaced_pod_log(**args, follow=should_tail, _preload_content=False)
+        lines = log_lines(response.stream(decode_content=True), response.release_conn)
         return filter_regex(regex, lines) if regex else lines
+
+
+def log_lines(chunks: Iterable[bytes], done: Callable[[], object] = lambda: None) -> Generator[str, None, None]:
+    """The UTF-8 text of a log read in chunks, as lines each ending with its newline (TorchX's Scheduler.log_iter
+    contract: `torchx log` prints them with end=""), yielded as soon as they are complete; a last line without one
+    comes at the end. ``done`` runs when the chunks end or the reader stops early."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    try:
+        for chunk in chunks:
+            pending += decoder.decode(chunk)
+            *complete, pending = pending.split("\n")
+            yield from (line + "\n" for line in complete)
+        pending += decoder.decode(b"", final=True)
+        if pending:
+            yield pending
+    finally:
+        done()
 
 
 def _incluster_client() -> Any:
