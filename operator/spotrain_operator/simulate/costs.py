@@ -11,38 +11,41 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-# bench/rescale_bench.py --repeats 3, run once on 2026-12-01 02:05-02:12 UTC on the 2-core development machine
+# bench/rescale_bench.py --repeats 3, run on 2026-12-01 05:03-05:11 UTC on the 2-core development machine
 # (devcluster, 3 workers of bench/rescale_train.py through the pod runner, moto S3, the operator with --resync 2;
-# load average about 2). P50s of that run: notice -> request 0.084 s, -> durable 0.239 s, -> eviction 0.318 s,
-# doomed pod stopped 1.34 s; the survivors' last step at 3 -> the new workers start 19.6 s (a join: 1.66 s);
-# import 1.54 s, process group 1.55 s, restore 0.78 s, first step 0.01 s; notice -> first step at 2: 24.1 s
-# (P95 25.6 s). Without notice: 21.2 s from the kill to the new workers, 24.5 s to the first step, 6 steps lost.
-# A join: node Ready -> replacement started 3.8 s (scaleUpWindow 3 s) -> survivors stop 2.3 s later -> first step
-# at 3 after 13.9 s. A rendezvous store lost: first step after 14.7 s, nothing lost.
+# load average about 2-3, helpers' tests running), after spotrain-launch's agents began leaving the rendezvous on a
+# signal and its last call became 2 s. P50s: notice -> request 0.089 s, -> durable 0.324 s, -> eviction 0.741 s,
+# doomed pod stopped 1.86 s; the survivors' last step at 3 -> the new workers start 3.74 s (a join: 1.88 s);
+# import 1.96 s, process group 1.60 s, restore 1.26 s, first step 0.01 s; notice -> first step at 2: 9.4 s
+# (P95 9.7 s). Without notice: 15.6 s from the kill to the new workers (the dead agent cannot leave: its
+# heartbeats expire), 21.2 s to the first step, 6 steps lost. A join: node Ready -> first step at 3 after 15.9 s.
+# A rendezvous store lost: first step after 17.1 s, nothing lost; a planned store move: 16.8 s, nothing lost.
 MEASURED = "bench/rescale_bench.py --repeats 3, 2026-12-01, 2-core dev machine (docs/benchmarks.md)"
 
 
 @dataclass(frozen=True)
 class Costs:
-    operator_reaction_s: float = 0.084  # a Node's notice -> checkpoint request at the workers
-    operator_poll_s: float = 0.079  # checkpoint durable -> eviction (the operator polls draining trainers)
-    notice_checkpoint_s: float = 0.155  # checkpoint request -> durable (synchronous, all ranks; tiny model)
+    operator_reaction_s: float = 0.089  # a Node's notice -> checkpoint request at the workers
+    operator_poll_s: float = 0.417  # checkpoint durable -> eviction (the operator polls draining trainers)
+    notice_checkpoint_s: float = 0.235  # checkpoint request -> durable (synchronous, all ranks; tiny model)
     # Regular checkpoints of the tiny model: a synchronous one takes what the measured notice checkpoint took; an
     # asynchronous one is durable as late and stalls training only for the snapshot (assumed: kilobytes of state).
     checkpoint_stall_s: float = 0.02
     checkpoint_durable_s: float = 0.155
     checkpoint_sync_s: float = 0.155
-    stop_s: float = 1.02  # SIGTERM -> the worker processes have exited (eviction -> doomed pod stopped)
-    rendezvous_s: float = 0.64  # the agents form the next round and spawn workers (a join: 1.66 s minus stop_s)
-    # A round that a peer left (evicted or dead) waits for its heartbeats to expire and the last call: torchrun's
-    # keep_alive_interval 5 s x keep_alive_max_attempt 3, plus last_call_timeout 5 s (spotrain-launch). Measured:
-    # 19.6 s from the survivors' last step to their new workers after a notice, 1.66 s after a join.
-    departed_peer_s: float = 17.95
-    restart_s: float = 3.09  # worker processes start: interpreter and torch import 1.54 s, process group 1.55 s
-    restore_s: float = 0.78  # load the last checkpoint (tiny model, moto S3)
-    first_step_s: float = 0.01  # the first step at the new size beyond a normal one
-    failure_detect_s: float = 1.57  # a peer killed without notice: the extra time before the survivors re-form
-    join_detect_s: float = 2.32  # a new agent up -> the running workers are stopped for the join
+    stop_s: float = 1.122  # SIGTERM -> the worker processes have exited (eviction -> doomed pod stopped)
+    rendezvous_s: float = 0.76  # the agents form the next round and spawn workers (a join: 1.88 s minus stop_s)
+    # A round that an evicted peer left: the departing agent leaves the rendezvous (spotrain_trainer.agent), so
+    # what remains is torch's last call (last_call_timeout 2 s in spotrain-launch). Measured: 3.74 s from the
+    # survivors' last step to their new workers after a notice, 1.88 s after a join.
+    departed_peer_s: float = 1.859
+    restart_s: float = 3.556  # worker processes start: interpreter and torch import 1.96 s, process group 1.60 s
+    restore_s: float = 1.262  # load the last checkpoint (tiny model, moto S3)
+    first_step_s: float = 0.009  # the first step at the new size beyond a normal one
+    # A peer killed without notice: the extra time before the survivors re-form, mostly its heartbeats expiring
+    # (keep_alive_interval 5 s x keep_alive_max_attempt 3), which a dead agent cannot cut short.
+    failure_detect_s: float = 11.903
+    join_detect_s: float = 2.515  # a new agent up -> the running workers are stopped for the join
     # Not measurable on the devcluster (KWOK nodes are instant): a cloud node's launch, boot, kubelet
     # registration and image pull before the container starts. An assumption (Karpenter launches typically
     # take about a minute), paid for like any node time.
