@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 import threading
 from datetime import timedelta
+from typing import Any
 
 import torch.distributed as dist
 from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvous_handler_registry
@@ -19,7 +20,7 @@ HANDLERS = RendezvousHandlers()
 rendezvous_handler_registry.register(RDZV_BACKEND, HANDLERS.create)
 
 
-def _join_two(port: int) -> list:  # type: ignore[type-arg]
+def _join_two(port: int) -> list[Any]:
     params = {"backend": RDZV_BACKEND, "endpoint": f"{LOOPBACK}:{port}", "run_id": "leave-test", "min_nodes": 2,
               "max_nodes": 2, "is_host": "false", "last_call_timeout": "1", "join_timeout": "60"}
     made = [rendezvous_handler_registry.create_handler(RendezvousParameters(**params))  # type: ignore[arg-type]
@@ -42,9 +43,9 @@ def _join_two(port: int) -> list:  # type: ignore[type-arg]
     return made
 
 
-def _state(handler: object):  # type: ignore[no-untyped-def]
+def _state(handler: Any) -> Any:
     """The rendezvous state as the store holds it now (the handlers' own copies are cached for a second)."""
-    state_bytes, _ = handler._state_holder._backend.get_state()  # type: ignore[attr-defined]
+    state_bytes, _ = handler._state_holder._backend.get_state()
     return pickle.loads(state_bytes)
 
 
