@@ -23,6 +23,7 @@ from pathlib import Path
 
 from spotrain_dev import topology
 from spotrain_dev.cluster import REPO, DevCluster, stderr_progress
+from spotrain_dev.karpenter import Karpenter
 from spotrain_dev.nodes import SIGNALS, NodeSimulator
 
 DEV_DIR = Path(os.environ.get("SPOTRAIN_DEV_DIR", REPO / ".dev"))
@@ -47,18 +48,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     cluster = DevCluster(DEV_DIR / "cluster", topology_file=Path(args.topology))
+    # Karpenter (its KWOK provider) with the NodePools of dev/karpenter/nodepools.yaml, next to the static pools:
+    # both kinds of pool, as on real clusters.
+    karpenter = Karpenter(cluster)
     try:
         cluster.start()
+        karpenter.start()
         shutil.copy(cluster.kubeconfig, KUBECONFIG)
         cluster.write_state()
         READY.write_text(str(os.getpid()))
         while not stop.wait(1.0):
-            dead = [p.name for p in cluster.processes if not p.alive()]
+            dead = [p.name for p in [*cluster.processes, *([karpenter.process] if karpenter.process else [])]
+                    if not p.alive()]
             if dead:
                 stderr_progress(f"{', '.join(dead)} exited; stopping the devcluster (logs: {cluster.logs})")
                 return 1
     finally:
         stderr_progress("stopping")
+        karpenter.stop()
         cluster.stop()
         READY.unlink(missing_ok=True)
         KUBECONFIG.unlink(missing_ok=True)
