@@ -102,6 +102,7 @@ OPERATOR_EVERYWHERE = _grants(
     ("networking.k8s.io", ["networkpolicies"], ["list", "watch", "create", "patch"]),
     ("", ["namespaces"], ["list", "watch"]),  # kopf
     ("", ["events"], ["create"]),  # cluster.post_event
+    ("", ["events"], ["list"]),  # cluster.list_events: Karpenter's FailedScheduling on pending pods (capacity.py)
     ("apiextensions.k8s.io", ["customresourcedefinitions"], ["list", "watch"]),  # kopf
     ("spotrain.dev", ["spotrainingjobs"], ["get", "list", "watch", "patch", "delete"]),  # kopf; get_job; TTL
     ("spotrain.dev", ["spotrainingjobs/status"], ["update"]),  # cluster.replace_status
