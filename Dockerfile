@@ -36,12 +36,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# -- the spotrain wheel (pure Python: spotrain_operator and spotrain_trainer) -------------------------------
+# -- the spotrain wheel (pure Python: spotrain_operator, spotrain_trainer and spotrain_protocol) ------------
 FROM python-base AS wheel
 WORKDIR /src
 COPY pyproject.toml ./
 COPY operator/ operator/
 COPY trainer/ trainer/
+COPY protocol/ protocol/
 # The build backend (pyproject's build-system, setuptools, which uv.lock does not lock) is fetched into pip's
 # isolated build environment; only the pure-Python wheel it writes leaves this stage.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels .

@@ -247,7 +247,7 @@ def context_files(source: str) -> list[Path]:
 
 def test_dockerignore_keeps_what_copy_needs_and_nothing_local() -> None:
     sources = context_copies()
-    assert sorted(sources) == ["operator", "pyproject.toml", "requirements/operator.txt",
+    assert sorted(sources) == ["operator", "protocol", "pyproject.toml", "requirements/operator.txt",
                                "requirements/trainer-without-torch.txt", "requirements/trainer.txt", "trainer"]
     for source in sources:
         assert (REPO / source).exists(), f"COPY {source}: no such path"
@@ -281,8 +281,10 @@ def test_build_context_builds_a_wheel_with_both_packages_and_extras(tmp_path: Pa
         meta_text = archive.read(metadata).decode()
         scripts = archive.read(entry_points).decode()
     packages = {n.split("/")[0] for n in names if "/" in n and not n.split("/")[0].endswith(".dist-info")}
-    assert {"spotrain_operator", "spotrain_trainer"} <= packages
-    assert "spotrain_dev" not in packages and "tests" not in packages
+    # Every package pyproject.toml ships, except the development tooling, which the context leaves out.
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = {pattern.rstrip("*") for pattern in find["include"]} - {"spotrain_dev"}
+    assert packages == shipped, f"the image's wheel holds {packages}, pyproject.toml ships {shipped}"
     for script in ("spotrain-operator", "spotrain-agent", "spotrain-launch"):
         assert f"{script} = " in scripts
     provided = set(re.findall(r"^Provides-Extra: (\S+)$", meta_text, re.MULTILINE))
