@@ -339,7 +339,7 @@ async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: 
     for action in decision.actions:
         try:
             match action:
-                case act.EnsureService(manifest) | act.CreatePod(manifest):
+                case act.EnsureObject(manifest) | act.CreatePod(manifest):
                     labels = manifest["metadata"].get("labels") or {}
                     probe = labels.get(wk.ROLE_LABEL) == PROBE_ROLE  # a return-to-spot probe is no rescale
                     if await asyncio.to_thread(cluster.create, manifest) and manifest["kind"] == "Pod" and not probe:

@@ -14,7 +14,10 @@ class CreatePod:
 
 
 @dataclass(frozen=True)
-class EnsureService:
+class EnsureObject:
+    """An object the job owns besides its pods (the rendezvous Service and PDB, the control Secret, the
+    NetworkPolicy): created, or brought up to date where it exists (cluster.create says what is patched)."""
+
     manifest: dict[str, Any]
 
 
@@ -58,4 +61,4 @@ class Event:
     message: str
 
 
-Action = CreatePod | EnsureService | DeletePod | EvictPod | RequestCheckpoint | MarkNodeDrained | DeleteJob | Event
+Action = CreatePod | EnsureObject | DeletePod | EvictPod | RequestCheckpoint | MarkNodeDrained | DeleteJob | Event

@@ -273,7 +273,7 @@ class _Reconcile:
         policy = render_network_policy(self.o.job, self.o.network_policy)
         # Only when the one in the cluster is missing or differs: a current policy costs no API call.
         if policy["metadata"]["annotations"][SPEC_HASH_ANNOTATION] != self.o.network_policy_hash:
-            self.actions.append(act.EnsureService(policy))
+            self.actions.append(act.EnsureObject(policy))
 
     def collect_orphans(self) -> None:
         """Pods bound to a node that no longer exists never finish a graceful termination (no kubelet is left to
@@ -375,10 +375,10 @@ class _Reconcile:
                            f"starting round {self.round + 1}; {self._steps_lost_text()}", warning=True)
             self.round += 1
             zone = self._rendezvous_zone(avoid=previous.zone if previous else None)
-            self.actions.append(act.EnsureService(render_rendezvous_service(self.o.job, self.spec, self.round)))
-            self.actions.append(act.EnsureService(render_rendezvous_pdb(self.o.job)))
+            self.actions.append(act.EnsureObject(render_rendezvous_service(self.o.job, self.spec, self.round)))
+            self.actions.append(act.EnsureObject(render_rendezvous_pdb(self.o.job)))
             if self.o.job.control_token:  # the workers' control token (pods.render_control_secret)
-                self.actions.append(act.EnsureService(render_control_secret(self.o.job)))
+                self.actions.append(act.EnsureObject(render_control_secret(self.o.job)))
             self.actions.append(act.CreatePod(render_rendezvous(self.o.job, self.spec, zone, self.round)))
         formed = len([w for w in self.live_workers() if w.ready and w.phase == "Running"]) >= self.spec.min_nodes
         for p in stores:

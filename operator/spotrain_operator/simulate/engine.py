@@ -10,7 +10,7 @@ from the API server), calls ``core.reconcile.decide`` and applies its actions:
 * ``DeletePod``/``EvictPod``: SIGTERM to the pod's processes (grace 0: killed); the pod is gone when they exit.
 * ``RequestCheckpoint``: the trainers take a coordinated synchronous checkpoint; once durable they report the
   request id, which is what lets the core evict.
-* ``EnsureService``, ``MarkNodeDrained``, ``Event``, ``DeleteJob``: recorded, nothing else to simulate.
+* ``EnsureObject``, ``MarkNodeDrained``, ``Event``, ``DeleteJob``: recorded, nothing else to simulate.
 
 The operator reconciles ``Costs.operator_reaction_s`` after any change it would be told of, every 0.5 s while a
 drain waits on a checkpoint (the trainers' status is polled), at the timers its status holds (scale-up window,

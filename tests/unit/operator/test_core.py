@@ -145,7 +145,7 @@ def test_pod_disruption_target_is_a_notice() -> None:
 def test_first_reconcile_creates_store_service_and_workers_at_once() -> None:
     d = decide(observe(spec(), [], base_nodes(), JobStatus()))
     kinds = [type(a).__name__ for a in d.actions]
-    assert kinds.count("EnsureService") == 2  # the Service and the store's PodDisruptionBudget
+    assert kinds.count("EnsureObject") == 2  # the Service and the store's PodDisruptionBudget
     assert len(created(d)) == 3  # only 3 spot nodes; target 4 waits for capacity
     assert d.status["rendezvous"]["round"] == 1 and d.status["podSerial"] == 3
     assert d.status["pendingSince"] is not None  # short of spot: the fallback clock runs

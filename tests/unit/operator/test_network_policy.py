@@ -93,7 +93,7 @@ def running_job(**changes: Any) -> Observed:
 
 def policies(o: Observed) -> list[dict[str, Any]]:
     return [a.manifest for a in decide(o).actions
-            if isinstance(a, act.EnsureService) and a.manifest["kind"] == "NetworkPolicy"]
+            if isinstance(a, act.EnsureObject) and a.manifest["kind"] == "NetworkPolicy"]
 
 
 def test_reconcile_asks_for_the_policy_only_when_enabled_and_not_current() -> None:
@@ -111,7 +111,7 @@ def test_reconcile_asks_for_the_policy_only_when_enabled_and_not_current() -> No
 def test_a_new_jobs_policy_comes_before_its_first_pod() -> None:
     o = observe(spec(), [], base_nodes(), status=JobStatus())
     actions = decide(replace(o, network_policy=CONFIG)).actions
-    kinds = [a.manifest["kind"] for a in actions if isinstance(a, act.EnsureService | act.CreatePod)]
+    kinds = [a.manifest["kind"] for a in actions if isinstance(a, act.EnsureObject | act.CreatePod)]
     assert kinds[0] == "NetworkPolicy" and "Pod" in kinds
 
 
