@@ -16,7 +16,8 @@ from spotrain_operator.api import JobSpec, parse_spec
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, Taint
 from spotrain_operator.core.pods import JobRef
-from spotrain_operator.core.reconcile import Decision, Observed, TrainerStatus
+from spotrain_operator.core.reconcile import Decision, Observed
+from spotrain_protocol import TrainerStatus
 
 NOW = datetime.datetime(2026, 1, 1, 8, 0, 0, tzinfo=datetime.UTC)
 QUICKSTART = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "quickstart.yaml").read_text())

@@ -47,8 +47,8 @@ from spotrain_dev import processes, testbin
 from spotrain_dev.cluster import REPO, DevCluster
 from spotrain_dev.podrunner import HARD_KILL_SIGNAL, PodRunner, RunnerEvent
 from spotrain_dev.processes import ManagedProcess
+from spotrain_protocol.constants import CONTROL_PORT, STATUS_PATH, authorization
 
-CONTROL_PORT = 8470
 DEMO_DIR = REPO / ".dev" / "demo"
 NAMESPACE = "spotrain-demo"
 JOB = "quickstart"
@@ -127,9 +127,8 @@ def trainer_status(ip: str, port: int = CONTROL_PORT, timeout: float = 1.0,
                    token: str | None = None) -> dict[str, Any] | None:
     """A worker's ``GET /status`` (None while its control server is not up, or refuses without the job's
     control ``token``)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        request = urllib.request.Request(f"http://{ip}:{port}/status", headers=headers)
+        request = urllib.request.Request(f"http://{ip}:{port}{STATUS_PATH}", headers=authorization(token))
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return dict(json.loads(response.read()))
     except (OSError, ValueError):

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from spotrain_protocol import RENDEZVOUS_PORT
+
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -271,7 +273,7 @@ def parse_spec(spec: dict[str, Any], pricing: dict[str, str] | None = None) -> J
         checkpoint=checkpoint,
         termination=termination,
         rendezvous_pool=rendezvous.get("pool"),
-        rendezvous_port=int(rendezvous.get("port", 29400)),
+        rendezvous_port=int(rendezvous.get("port", RENDEZVOUS_PORT)),
         rendezvous_image=rendezvous.get("image"),
         max_preemptions=budgets.get("maxPreemptions"),
         max_failures=int(budgets.get("maxFailures", 3)),

@@ -33,6 +33,7 @@ from spotrain_operator.controllers import jobs  # importing registers the handle
 from spotrain_operator.controllers import network as network_index
 from spotrain_operator.core.network import NetworkPolicyConfig
 from spotrain_operator.leader import ElectionTiming, LeaderElector
+from spotrain_protocol import envvars
 
 log = logging.getLogger("spotrain.operator")
 
@@ -135,7 +136,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--aws-queue-max-receives", type=int, default=5,
                         help="delete a queue message that failed this many deliveries (0: never, for a queue with "
                         "a dead-letter redrive policy)")
-    parser.add_argument("--log-level", default=os.environ.get("SPOTRAIN_LOG_LEVEL", "info"))
+    parser.add_argument("--log-level", default=os.environ.get(envvars.LOG_LEVEL, "info"))
     parser.add_argument("--control-key-file", default=os.environ.get("SPOTRAIN_CONTROL_KEY_FILE"),
                         help="the key each job's control-endpoint token is derived from (docs/security.md); when "
                         "omitted, kept in the Secret spotrain-control-key of --leader-election-namespace")

@@ -45,6 +45,7 @@ from torchx.util.strings import normalize_str
 
 from spotrain_operator import wellknown as wk
 from spotrain_operator.core.pods import job_label_value
+from spotrain_protocol import envvars
 
 BACKEND = "spotrain"
 LABEL_APP_NAME = "torchx.pytorch.org/app-name"
@@ -163,7 +164,7 @@ def app_to_job(app: AppDef, base: Mapping[str, Any], name: str, namespace: str,
                                "workers of one torchrun job)")
     if base.get("kind") != wk.KIND or not isinstance(base.get("spec"), dict):
         raise TranslationError(f"the base manifest must be a {wk.KIND} with a spec; got kind {base.get('kind')!r}")
-    role = macros.Values(img_root="", app_id=name, replica_id="0", rank0_env="SPOTRAIN_RDZV_ENDPOINT").apply(
+    role = macros.Values(img_root="", app_id=name, replica_id="0", rank0_env=envvars.RDZV_ENDPOINT).apply(
         app.roles[0])
     launch = parse_launch(role)
     spec = copy.deepcopy(base["spec"])

@@ -33,11 +33,12 @@ from spotrain_operator.controllers.capacity import CapacityIndexes, unservable
 from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, format_time
 from spotrain_operator.core.network import NetworkPolicyConfig
-from spotrain_operator.core.pods import CONTROL_PORT, JobRef, owning_job
+from spotrain_operator.core.pods import JobRef, owning_job
 from spotrain_operator.core.provisioning import PROBE_ROLE
-from spotrain_operator.core.reconcile import Decision, Observed, TrainerStatus, decide
+from spotrain_operator.core.reconcile import Decision, Observed, decide
 from spotrain_operator.core.termination import node_notice
 from spotrain_operator.trainer_client import TrainerClient
+from spotrain_protocol import CONTROL_PORT, TrainerStatus
 
 log = logging.getLogger("spotrain.jobs")
 REPORTER = "spotrain-operator"

@@ -39,10 +39,11 @@ from spotrain_operator.core import actions as act
 from spotrain_operator.core.model import JobStatus, NodeView, PodView, format_time, parse_time
 from spotrain_operator.core.placement import node_accepts
 from spotrain_operator.core.pods import JobRef
-from spotrain_operator.core.reconcile import Decision, Observed, TrainerStatus, decide
+from spotrain_operator.core.reconcile import Decision, Observed, decide
 from spotrain_operator.simulate.costs import Costs
 from spotrain_operator.simulate.market import AGENT_NOTICE_KIND, ANY, Market, MarketEvent
 from spotrain_operator.simulate.policies import CAPACITY_LABEL, FIXED_INTERVAL_S, POOL_LABEL, Policy, job_spec
+from spotrain_protocol import TrainerStatus, envvars
 from spotrain_trainer.interval import IntervalPolicy
 from spotrain_trainer.notice import second_save_fits
 
@@ -391,18 +392,16 @@ class Simulation:
             self.at(when, self._reconcile, when)
 
     def _trainer_statuses(self) -> dict[str, TrainerStatus | None]:
-        """What each worker's ``GET /status`` answers, in the trainer's JSON form (None: no answer)."""
-        body = {
-            "step": int(self.progress // self.step_node_s),
-            "last_checkpoint": {"step": int(self.committed // self.step_node_s), "uri": "s3://simulated/job",
-                                "time": format_time(self.now(self.t)), "request_id": self.handled_request},
-            "handled_request_id": self.handled_request,
-            "checkpoint_request": {"id": self.pending_request} if self.pending_request else None,
-        }
+        """What each worker's ``GET /status`` answers (None: no answer)."""
+        status = TrainerStatus(step=int(self.progress // self.step_node_s),
+                               checkpoint_step=int(self.committed // self.step_node_s),
+                               checkpoint_time=format_time(self.now(self.t)), checkpoint_uri="s3://simulated/job",
+                               checkpoint_request_id=self.handled_request, handled_request_id=self.handled_request,
+                               pending_request_id=self.pending_request)
         out: dict[str, TrainerStatus | None] = {}
         for name, pod in self.pods.items():
             if pod.role == "worker" and pod.running and name in self.pod_bodies:
-                out[name] = TrainerStatus.from_json(body) if pod.alive and pod.ended_at is None else None
+                out[name] = status if pod.alive and pod.ended_at is None else None
         return out
 
     def _reconcile(self, scheduled: float) -> None:
@@ -459,7 +458,7 @@ class Simulation:
             return
         labels = meta.get("labels") or {}
         env = {e["name"]: e.get("value") for e in manifest["spec"]["containers"][0].get("env") or []}
-        mtbf = env.get("SPOTRAIN_MTBF_SECONDS")
+        mtbf = env.get(envvars.MTBF_SECONDS)
         body = {**manifest, "metadata": {**meta, "creationTimestamp": format_time(self.now(self.t))},
                 "status": {"phase": "Pending"}}
         self.pods[name] = _Pod(name, labels.get(wk.ROLE_LABEL, ""), labels.get(wk.POOL_LABEL, ""),
