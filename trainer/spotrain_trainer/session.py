@@ -708,8 +708,11 @@ class Session:
             # The eviction that follows an operator request: the state of the request's checkpoint is durable, and
             # a second full save is only worth it when it surely fits before the deadline. All ranks decide alike
             # from the gathered values (rank 0's clock, the latest-known deadline, the slowest rank's estimate).
+            # Once that deadline is past, its nodes are gone: this SIGTERM is another event (a join, a scale-down,
+            # a later notice), and it gets its checkpoint like any other.
             deadlines = [g[2] for g in gathered if g[2] is not None]
-            if not second_save_fits(
+            notice_over = bool(deadlines) and gathered[0][4] >= min(deadlines)
+            if not notice_over and not second_save_fits(
                 deadline_unix=min(deadlines) if deadlines else None,
                 now_unix=gathered[0][4],
                 estimate_seconds=max(g[3] for g in gathered),

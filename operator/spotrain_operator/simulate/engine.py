@@ -539,7 +539,7 @@ class Simulation:
             return self.t + self.costs.stop_s
         start = max(self.t, self.stall_until, self.inflight[1] if self.inflight else 0.0)
         took = self.costs.notice_checkpoint_s if self.progress > self.committed else 0.0
-        if took and self.notice_deadline is not None and not second_save_fits(
+        if took and self.notice_deadline is not None and start < self.notice_deadline and not second_save_fits(
                 deadline_unix=self.notice_deadline, now_unix=start, estimate_seconds=took):
             # After a requested checkpoint, the trainer takes a second save on SIGTERM only when it surely fits
             # before the request's deadline; otherwise the workers exit and resume from the requested checkpoint.
