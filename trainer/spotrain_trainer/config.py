@@ -208,7 +208,7 @@ class TrainerConfig:
             checkpoint_uri=uri,
             interval=interval,
             keep_last=env_int(e, envvars.KEEP_LAST, C.DEFAULT_KEEP_LAST, minimum=1),
-            state_dir=Path(env_str(e, envvars.STATE_DIR, DEFAULT_STATE_DIR)),
+            state_dir=Path(env_str(e, envvars.STATE_DIR, str(Path(DEFAULT_STATE_DIR) / job))),  # as spotrain-launch
             staging_dir=Path(env_str(e, envvars.STAGING_DIR, staging_default)),
             termination_log=Path(env_str(e, envvars.TERMINATION_LOG, DEFAULT_TERMINATION_LOG)),
             staging_dir_set=_get(e, envvars.STAGING_DIR) is not None,

@@ -110,8 +110,9 @@ def build_launch(
         # Without this, scale-up hangs: agents wait for the new round's MASTER_ADDR on the shared store.
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
         "PYTHONUNBUFFERED": "1",
-        # The control server and the workers must agree on these even when the operator leaves them unset.
-        envvars.STATE_DIR: env_str(env, envvars.STATE_DIR, DEFAULT_STATE_DIR),
+        # The control server and the workers must agree on these even when the operator leaves them unset. The
+        # state directory is the job's own: two jobs run on one machine never read each other's requests.
+        envvars.STATE_DIR: env_str(env, envvars.STATE_DIR, os.path.join(DEFAULT_STATE_DIR, job)),
         envvars.CONTROL_PORT: str(env_int(env, envvars.CONTROL_PORT, CONTROL_PORT, minimum=0)),
     }
     full = dict(env)
@@ -182,7 +183,7 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
         "RETRY_MODE, MAX_ATTEMPTS, OP_RETRIES, BACKOFF_BASE, BACKOFF_MAX, MULTIPART_THRESHOLD, "
         "MULTIPART_CHUNKSIZE, MAX_CONCURRENCY",
     ),
-    (envvars.STATE_DIR, DEFAULT_STATE_DIR, "per-pod directory shared by the workers and the control server"),
+    (envvars.STATE_DIR, f"{DEFAULT_STATE_DIR}/<job>", "directory shared by the workers and the control server"),
     (f"{envvars.CONTROL_PORT} / {envvars.CONTROL_BIND}", f"{CONTROL_PORT} / 0.0.0.0", "control endpoint"),
     (f"{envvars.CONTROL_TOKEN} / {envvars.CONTROL_TOKEN_FILE}", "", "bearer token of the control endpoint"),
     (envvars.CONTROL_SERVER, "1", "0: do not start the control server"),

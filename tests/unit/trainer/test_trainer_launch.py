@@ -30,6 +30,14 @@ POD_ENV = {
 }
 
 
+def test_two_local_jobs_get_their_own_state_directories() -> None:
+    """Run by hand on one machine, two scripts must not read each other's checkpoint requests and status."""
+    local = {"SPOTRAIN_RDZV_ENDPOINT": "127.0.0.1:29400"}
+    first = build_launch(local, ["train_a.py"], python="python")
+    second = build_launch(local, ["train_b.py"], python="python")
+    assert first.env_added["SPOTRAIN_STATE_DIR"] != second.env_added["SPOTRAIN_STATE_DIR"]
+
+
 def test_argv_and_env_from_the_pod_environment() -> None:
     plan = build_launch(POD_ENV, ["train.py", "--lr", "3e-4"], python="/venv/bin/python")
     assert plan.argv == [
@@ -51,7 +59,7 @@ def test_argv_and_env_from_the_pod_environment() -> None:
     assert plan.env_added == {
         "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
         "PYTHONUNBUFFERED": "1",
-        "SPOTRAIN_STATE_DIR": "/tmp/spotrain-state",
+        "SPOTRAIN_STATE_DIR": "/tmp/spotrain-state/bert",  # the job's own
         "SPOTRAIN_CONTROL_PORT": "8470",
     }
     assert plan.env["PATH"] == "/usr/bin" and plan.env["POD_NAME"] == "bert-worker-3"
