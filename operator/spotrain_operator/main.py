@@ -194,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     metrics.set_leader(True)  # the Lease holder, or the only replica (alerts fire when no replica leads)
     control_key = (ControlKey.from_file(args.control_key_file) if args.control_key_file
                    else load_or_create_key(api_client, args.leader_election_namespace))
-    jobs.RUNTIME = jobs.Runtime(Cluster(api_client), resync_seconds=args.resync, control_key=control_key,
-                                network_policy=args.network_policy_config)
+    # What every handler shares, given to kopf as its memo. kopf hands each resource object a shallow copy
+    # (kopf/_core/reactor/inventory.py): the copies share the Runtime's containers (wake-ups, node views), which
+    # the handlers only mutate, never rebind.
+    runtime = jobs.Runtime(Cluster(api_client), resync_seconds=args.resync, control_key=control_key,
+                           network_policy=args.network_policy_config)
     if args.network_policy_config:
         network_index.register()
     stop = threading.Event()
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("operator starting")
     try:
         asyncio.run(kopf.operator(clusterwide=not args.namespace, namespaces=args.namespace or [],
-                                  standalone=True))
+                                  standalone=True, memo=runtime))
     finally:
         stop.set()
         if elector is not None:

@@ -50,10 +50,8 @@ async def karpenter_node_pools(name: str, body: kopf.Body, **_: Any) -> dict[str
 
 
 @kopf.on.event(wk.KARPENTER_GROUP, wk.KARPENTER_VERSION, wk.KARPENTER_NODEPOOLS)
-async def node_pool_changed(**_: Any) -> None:
-    from spotrain_operator.controllers.jobs import runtime  # jobs imports this module for CapacityIndexes
-
-    runtime().wake_all()
+async def node_pool_changed(memo: Any, **_: Any) -> None:
+    memo.wake_all()  # the operator's Runtime (controllers/jobs.py, which imports this module)
 
 
 @kopf.index("pods")

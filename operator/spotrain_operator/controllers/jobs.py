@@ -81,15 +81,6 @@ class Runtime:
             event.set()
 
 
-RUNTIME: Runtime | None = None
-
-
-def runtime() -> Runtime:
-    if RUNTIME is None:
-        raise RuntimeError("the operator runtime is not configured")
-    return RUNTIME
-
-
 @kopf.index("nodes")
 async def nodes_by_name(name: str, body: kopf.Body, **_: Any) -> dict[str, NodeView]:
     return {name: NodeView.from_body(body)}
@@ -103,11 +94,11 @@ async def jobs_by_node(spec: kopf.Spec, namespace: str | None, body: kopf.Body,
 
 
 @kopf.on.event("nodes")
-async def node_changed(type: str, name: str, body: kopf.Body, **kwargs: Any) -> None:
+async def node_changed(type: str, name: str, body: kopf.Body, memo: Runtime, **kwargs: Any) -> None:
     """A notice or a loss concerns the jobs with pods on the node; a node that could take a new worker, and has
     just changed, concerns every job (one may be waiting for capacity). Heartbeats wake nobody: with 500 nodes
     they would keep every job reconciling."""
-    rt = runtime()
+    rt = memo
     index: kopf.Index[str, tuple[str, str]] = kwargs["jobs_by_node"]
     for key in set(index.get(name, [])):
         rt.wake(key)
@@ -123,23 +114,24 @@ async def node_changed(type: str, name: str, body: kopf.Body, **kwargs: Any) -> 
 
 
 @kopf.on.event("pods", labels={wk.JOB_LABEL: kopf.PRESENT})
-async def pod_changed(namespace: str | None, body: kopf.Body, **_: Any) -> None:
+async def pod_changed(namespace: str | None, body: kopf.Body, memo: Runtime, **_: Any) -> None:
     # The job's name from the owner reference: the job label holds a hash of a name over 63 characters.
     job = owning_job(body["metadata"])
     if job:
-        runtime().wake((namespace or "", job))
+        memo.wake((namespace or "", job))
 
 
 @kopf.on.event(wk.GROUP, wk.VERSION, wk.PLURAL)
-async def job_changed(namespace: str | None, name: str, **_: Any) -> None:
-    runtime().wake((namespace or "", name))
+async def job_changed(namespace: str | None, name: str, memo: Runtime, **_: Any) -> None:
+    memo.wake((namespace or "", name))
 
 
 @kopf.daemon(wk.GROUP, wk.VERSION, wk.PLURAL, cancellation_timeout=10.0)
-async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped, **kwargs: Any) -> None:
+async def run_job(namespace: str | None, name: str, stopped: kopf.DaemonStopped, memo: Runtime,
+                  **kwargs: Any) -> None:
     nodes_by_name: kopf.Index[str, NodeView] = kwargs["nodes_by_name"]  # kopf passes indexes by name
     capacity = CapacityIndexes.from_kwargs(kwargs)
-    rt = runtime()
+    rt = memo
     namespace = namespace or ""
     key = (namespace, name)
     wakeup = rt.wakeups.setdefault(key, asyncio.Event())

@@ -111,15 +111,11 @@ def test_a_pod_of_a_long_named_job_wakes_that_job_and_is_indexed_under_it() -> N
     assert pod["metadata"]["labels"][wk.JOB_LABEL] != name
     rt = jobs.Runtime(cast(Cluster, None))
     rt.wakeups = {("ns", name): asyncio.Event()}
-    jobs.RUNTIME = rt
-    try:
-        changed = cast(Callable[..., Coroutine[Any, Any, None]], jobs.pod_changed)  # kopf types it as its protocol
-        asyncio.run(changed(namespace="ns", body=pod, labels=pod["metadata"]["labels"]))
-        assert rt.wakeups[("ns", name)].is_set()
-        index = cast(Callable[..., Coroutine[Any, Any, Any]], jobs.jobs_by_node)
-        assert asyncio.run(index(spec=pod["spec"], namespace="ns", body=pod)) == {"n1": ("ns", name)}
-    finally:
-        jobs.RUNTIME = None
+    changed = cast(Callable[..., Coroutine[Any, Any, None]], jobs.pod_changed)  # kopf types it as its protocol
+    asyncio.run(changed(namespace="ns", body=pod, labels=pod["metadata"]["labels"], memo=rt))
+    assert rt.wakeups[("ns", name)].is_set()
+    index = cast(Callable[..., Coroutine[Any, Any, Any]], jobs.jobs_by_node)
+    assert asyncio.run(index(spec=pod["spec"], namespace="ns", body=pod)) == {"n1": ("ns", name)}
 
 
 def test_dns_label_cuts_long_names_with_a_hash() -> None:

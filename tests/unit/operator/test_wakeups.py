@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import pytest
@@ -25,19 +25,18 @@ def node_body(*, ready: str = "True", taints: list[dict[str, str]] | None = None
 
 
 @pytest.fixture
-def runtime() -> Iterator[jobs.Runtime]:
+def runtime() -> jobs.Runtime:
     rt = jobs.Runtime(cast(Cluster, None))
     rt.wakeups = {JOB_ON_NODE: asyncio.Event(), OTHER_JOB: asyncio.Event()}
-    jobs.RUNTIME = rt
-    yield rt
-    jobs.RUNTIME = None
+    return rt
 
 
 def woken(rt: jobs.Runtime, type_: str, body: dict[str, Any]) -> set[tuple[str, str]]:
     for event in rt.wakeups.values():
         event.clear()
     handler = cast(Callable[..., Coroutine[Any, Any, None]], jobs.node_changed)  # kopf types it as its protocol
-    asyncio.run(handler(type=type_, name=body["metadata"]["name"], body=body, jobs_by_node={"n1": [JOB_ON_NODE]}))
+    asyncio.run(handler(type=type_, name=body["metadata"]["name"], body=body, memo=rt,
+                        jobs_by_node={"n1": [JOB_ON_NODE]}))
     return {key for key, event in rt.wakeups.items() if event.is_set()}
 
 
