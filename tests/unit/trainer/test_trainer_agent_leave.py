@@ -71,6 +71,7 @@ def test_a_departing_node_is_no_participant_and_the_last_one_out_starts_the_next
 def test_leaving_an_unreachable_store_gives_up_without_raising() -> None:
     port = free_port()
     store = dist.TCPStore(LOOPBACK, port, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False)
-    departing, _ = _join_two(port)
+    departing, other = _join_two(port)
+    other._stop_heartbeats()  # the other node is gone with the store: no heartbeat of its own into a closed socket
     del store  # the store's host is gone (its node went first)
     leave_rendezvous(departing, timeout=2.0)
