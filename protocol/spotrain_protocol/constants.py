@@ -10,6 +10,8 @@ RENDEZVOUS_PORT = 29400
 # -- the control endpoint's HTTP interface ---------------------------------------------------------------
 STATUS_PATH = "/status"
 CHECKPOINT_PATH = "/checkpoint"
+#: Where the operator tells a worker that the rendezvous store moved (messages.RendezvousMove).
+RENDEZVOUS_PATH = "/rendezvous"
 #: With the job's control token configured, /status and /checkpoint need ``Authorization: Bearer <token>``.
 AUTHORIZATION_HEADER = "Authorization"
 BEARER_SCHEME = "Bearer"
@@ -18,6 +20,7 @@ BEARER_SCHEME = "Bearer"
 DEFAULT_STATE_DIR = "/tmp/spotrain-state"
 REQUEST_FILE = "request.json"  # written by the control server only
 STATUS_FILE = "status.json"  # written by the local rank 0 worker only
+RENDEZVOUS_FILE = "rendezvous.json"  # written by the control server only, read by the agent (a moved store)
 
 #: Where the trainer writes its termination message (the completion record); kubelet reads it from here.
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"

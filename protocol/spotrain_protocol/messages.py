@@ -1,5 +1,5 @@
-"""The two messages that are not /status: the checkpoint request the operator POSTs to a worker, and the
-completion record a trainer leaves as its container's termination message."""
+"""The messages that are not /status: the checkpoint request and the rendezvous move the operator POSTs to a
+worker, and the completion record a trainer leaves as its container's termination message."""
 
 from __future__ import annotations
 
@@ -73,6 +73,48 @@ class CheckpointRequest:
     @classmethod
     def from_body(cls, body: bytes) -> CheckpointRequest:
         """A raw request body (an empty one is JSON null); InvalidMessage for anything else than a request."""
+        try:
+            obj = json.loads(body or b"null")
+        except (ValueError, RecursionError) as exc:
+            raise InvalidMessage(f"body is not JSON: {exc}") from exc
+        return cls.from_json(obj)
+
+
+@dataclass(frozen=True)
+class RendezvousMove:
+    """The body of ``POST /rendezvous``: the job's rendezvous store moved (its node got a notice, was cordoned, or
+    its pool left the spec), and the worker's agent re-joins the next round on the new store, in the same pod.
+
+    ``id`` is the new round's rendezvous (torchrun run) id, ``endpoint`` the new store's ``host:port``, ``round``
+    the job's round number: a worker ignores a move to a round older than the one it has.
+    """
+
+    id: str
+    endpoint: str
+    round: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "endpoint": self.endpoint, "round": self.round}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> RendezvousMove:
+        """A decoded body, checked; InvalidMessage names the field at fault."""
+        if not isinstance(obj, Mapping):
+            raise InvalidMessage("body must be a JSON object")
+        rid = obj.get("id")
+        if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_REQUEST_ID:
+            raise InvalidMessage(f"id must be a non-empty string (at most {MAX_REQUEST_ID} characters)")
+        endpoint = obj.get("endpoint")
+        host, sep, port = endpoint.rpartition(":") if isinstance(endpoint, str) else ("", "", "")
+        if not (sep and host.strip() and port.isdigit() and 0 < int(port) < 65536) or len(endpoint) > 512:
+            raise InvalidMessage("endpoint must be host:port with a port from 1 to 65535")
+        round_ = obj.get("round")
+        if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 1:
+            raise InvalidMessage("round must be a positive integer")
+        return cls(id=rid, endpoint=endpoint, round=round_)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> RendezvousMove:
         try:
             obj = json.loads(body or b"null")
         except (ValueError, RecursionError) as exc:

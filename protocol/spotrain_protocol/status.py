@@ -25,6 +25,7 @@ LAST_CHECKPOINT = "last_checkpoint"  # an object: CHECKPOINT_* below
 CHECKPOINT_REQUEST = "checkpoint_request"  # the pending request, an object (REQUEST_ID), or null
 SCRIPT_FAILURES = "script_failures"  # the training script's own crashes in this pod, across restarts
 ERROR = "error"  # the last of them
+RENDEZVOUS_ID = "rendezvous_id"  # the rendezvous (torchrun run id) the worker processes now train in
 # keys of last_checkpoint
 CHECKPOINT_STEP = "step"
 CHECKPOINT_TIME = "time"
@@ -43,6 +44,7 @@ STATUS_SCHEMA: Schema = {
     CHECKPOINT_REQUEST: {REQUEST_ID: str},
     SCRIPT_FAILURES: int,
     ERROR: str,
+    RENDEZVOUS_ID: str,
 }
 
 
@@ -82,6 +84,7 @@ class TrainerStatus:
     handled_request_id: str | None = None
     script_failures: int | None = None  # the training script's own crashes in this pod, across restarts
     error: str | None = None  # the last of them
+    rendezvous_id: str | None = None  # the rendezvous the worker processes train in (after a move: the new one)
 
     def knows(self, request_id: str) -> bool:
         """The pod holds this checkpoint request, or has already answered it."""
@@ -105,6 +108,7 @@ class TrainerStatus:
             handled_request_id=clean.get(HANDLED_REQUEST_ID),
             script_failures=clean.get(SCRIPT_FAILURES),
             error=clean.get(ERROR),
+            rendezvous_id=clean.get(RENDEZVOUS_ID),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -119,6 +123,7 @@ class TrainerStatus:
             CHECKPOINT_REQUEST: None if self.pending_request_id is None else {REQUEST_ID: self.pending_request_id},
             SCRIPT_FAILURES: self.script_failures,
             ERROR: self.error,
+            RENDEZVOUS_ID: self.rendezvous_id,
         }
 
 

@@ -14,16 +14,29 @@ the survivors' next round cannot start before that. The agent's rendezvous handl
 made through the backend registry (:data:`RDZV_BACKEND`) so that this module holds it; on the signal it runs
 the same exit operation torch runs before each re-join (``DynamicRendezvousHandler.next_rendezvous``), which
 removes this node from the participants and, with the last one gone, starts the next round at once.
+
+The rendezvous store can move while the agents live: when its node gets a notice (or is cordoned, or its pool left
+the spec), the operator starts a new store and POSTs its address to every worker's control server
+(spotrain_protocol.RendezvousMove), which records it in the pod's state directory. :class:`MovableRendezvous`
+reads that record: while one names another rendezvous than the agent's, it reports a node waiting, which is what
+makes torchrun's agent restart its workers for a membership change (``SimpleElasticAgent._invoke_run``); the
+workers' SIGTERM checkpoint runs as for a scale-up, and the agent's next ``next_rendezvous`` joins the new store.
+The pod, its agent and its control server stay: only the worker processes restart, as in any new round.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from spotrain_protocol import RENDEZVOUS_FILE, InvalidMessage, RendezvousMove, envvars
+
 from .constants import EXIT_CHECKPOINTED_ON_NOTICE
+from .statefiles import read_json
 
 log = logging.getLogger("spotrain.agent")
 
@@ -57,32 +70,105 @@ class NoticeExitFilter(logging.Filter):
         return True
 
 
-class RendezvousHandlers:
-    """Makes the agent's c10d rendezvous handlers as torch's registry does (``registry._create_c10d_handler``) and
-    keeps them, so that a departing agent can leave."""
+def recorded_move(path: Path | None) -> RendezvousMove | None:
+    """The rendezvous move the control server recorded in the pod's state directory, if any (one that does not
+    parse is none: the control server checked it before writing it)."""
+    obj = read_json(path) if path is not None else None
+    if obj is None:
+        return None
+    try:
+        return RendezvousMove.from_json(obj)
+    except InvalidMessage:
+        return None
 
-    def __init__(self) -> None:
+
+def _torch_c10d_handler(params: Any) -> Any:
+    """torch's own c10d rendezvous handler, made as the registry makes it (``registry._create_c10d_handler``),
+    under spotrain's backend name."""
+    from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend, create_backend
+    from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
+
+    class SpotrainC10dBackend(C10dRendezvousBackend):
+        """torch's c10d backend under spotrain's name (the handler registry checks that the two agree)."""
+
+        @property
+        def name(self) -> str:
+            return RDZV_BACKEND
+
+    _, store = create_backend(params)  # the store, connected (or hosted) as torch does it
+    return create_handler(store, SpotrainC10dBackend(store, params.run_id), params)
+
+
+def _movable_rendezvous_class() -> type:
+    from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
+
+    class MovableRendezvous(RendezvousHandler):
+        """torch's c10d handler that follows the job's store when the operator moves it (see the module's
+        docstring); everything else is delegated to the handler of the current store."""
+
+        def __init__(self, params: Any, move_file: Path | None) -> None:
+            self.params = params
+            self.move_file = move_file
+            self.current = _torch_c10d_handler(params)
+
+        def _pending_move(self) -> RendezvousMove | None:
+            move = recorded_move(self.move_file)
+            return move if move is not None and move.id != self.current.get_run_id() else None
+
+        def next_rendezvous(self) -> Any:
+            move = self._pending_move()
+            if move is not None:
+                log.info("the rendezvous store moved to %s: joining round %d (%s) there", move.endpoint, move.round,
+                         move.id)
+                leave_rendezvous(self.current)  # the old store lives until the new round has formed
+                p = self.params
+                self.params = RendezvousParameters(p.backend, move.endpoint, move.id, p.min_nodes, p.max_nodes,
+                                                   p.local_addr, **p.config)
+                self.current = _torch_c10d_handler(self.params)
+            return self.current.next_rendezvous()
+
+        def num_nodes_waiting(self) -> int:
+            # A recorded move counts as a node waiting: torchrun's agent then restarts the workers for a new round.
+            return 1 if self._pending_move() is not None else int(self.current.num_nodes_waiting())
+
+        def get_backend(self) -> str:
+            return str(self.current.get_backend())
+
+        @property
+        def use_agent_store(self) -> bool:
+            return bool(self.current.use_agent_store)
+
+        def is_closed(self) -> bool:
+            return bool(self.current.is_closed())
+
+        def set_closed(self) -> None:
+            self.current.set_closed()
+
+        def get_run_id(self) -> str:
+            return str(self.current.get_run_id())
+
+        def shutdown(self) -> bool:
+            return bool(self.current.shutdown())
+
+    return MovableRendezvous
+
+
+class RendezvousHandlers:
+    """Makes the agent's rendezvous handlers (:class:`MovableRendezvous` over torch's c10d handler) and keeps them,
+    so that a departing agent can leave."""
+
+    def __init__(self, move_file: Path | None = None) -> None:
+        self.move_file = move_file
         self.made: list[Any] = []
 
     def create(self, params: Any) -> Any:
-        from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend, create_backend
-        from torch.distributed.elastic.rendezvous.dynamic_rendezvous import create_handler
-
-        class SpotrainC10dBackend(C10dRendezvousBackend):
-            """torch's c10d backend under spotrain's name (the handler registry checks that the two agree)."""
-
-            @property
-            def name(self) -> str:
-                return RDZV_BACKEND
-
-        _, store = create_backend(params)  # the store, connected (or hosted) as torch does it
-        handler = create_handler(store, SpotrainC10dBackend(store, params.run_id), params)
+        handler = _movable_rendezvous_class()(params, self.move_file)
         self.made.append(handler)
         return handler
 
     def leave_all(self, timeout: float = LEAVE_TIMEOUT_SECONDS) -> None:
         for handler in self.made:
-            leave_rendezvous(handler, timeout)
+            leave_rendezvous(handler.current, timeout)
 
 
 def leave_rendezvous(handler: Any, timeout: float = LEAVE_TIMEOUT_SECONDS) -> None:
@@ -113,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     from torch.distributed.elastic.rendezvous import rendezvous_handler_registry
     from torch.distributed.run import main as torchrun
 
-    handlers = RendezvousHandlers()
+    state_dir = os.environ.get(envvars.STATE_DIR)  # spotrain-launch sets it, as for the control server
+    handlers = RendezvousHandlers(Path(state_dir) / RENDEZVOUS_FILE if state_dir else None)
     rendezvous_handler_registry.register(RDZV_BACKEND, handlers.create)
     try:
         torchrun(sys.argv[1:] if argv is None else argv)

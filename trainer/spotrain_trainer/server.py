@@ -42,13 +42,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from spotrain_protocol import CheckpointRequest, InvalidMessage, envvars
+from spotrain_protocol import CheckpointRequest, InvalidMessage, RendezvousMove, envvars
 from spotrain_protocol import status as keys
 from spotrain_protocol.constants import (
     AUTHORIZATION_HEADER,
     CHECKPOINT_PATH,
     CONTROL_PORT,
     DEFAULT_STATE_DIR,
+    RENDEZVOUS_FILE,
+    RENDEZVOUS_PATH,
     REQUEST_FILE,
     STATUS_FILE,
     STATUS_PATH,
@@ -83,10 +85,11 @@ def supersedes(new: CheckpointRequest, pending: dict[str, Any]) -> bool:
 
 
 class ConflictError(Exception):
-    """A newer request is pending; the one posted is refused (409) and the pending one stays."""
+    """A newer request is pending (or a newer rendezvous recorded); the one posted is refused (409) and the other
+    stays."""
 
     def __init__(self, pending_id: str) -> None:
-        super().__init__(f"request {pending_id} is pending and was issued later; it stays")
+        super().__init__(f"{pending_id} is newer; it stays")
         self.pending_id = pending_id
 
 
@@ -127,6 +130,24 @@ class ControlState:
             atomic_write_json(self.request_path, record)
             log.warning("checkpoint request %s accepted (reason %s, deadline %s)", req.id, req.reason, req.deadline)
             return {"accepted": True, "id": req.id}
+
+    @property
+    def rendezvous_path(self) -> Path:
+        return self.state_dir / RENDEZVOUS_FILE
+
+    def move_rendezvous(self, move: RendezvousMove) -> dict[str, Any]:
+        """Records where the job's rendezvous store moved; the agent (spotrain_trainer.agent) re-joins there. A
+        move to an older round than the one recorded is refused (an operator that failed over may resend one)."""
+        with self._lock:
+            recorded = read_json(self.rendezvous_path) or {}
+            if recorded.get("id") == move.id:
+                return {"accepted": True, "id": move.id, "duplicate": True}
+            if isinstance(recorded.get("round"), int) and recorded["round"] > move.round:
+                raise ConflictError(str(recorded.get("id")))
+            atomic_write_json(self.rendezvous_path, move.to_json())
+            log.warning("rendezvous moved to %s (round %d, id %s): the agent re-joins there", move.endpoint,
+                        move.round, move.id)
+            return {"accepted": True, "id": move.id}
 
     def status(self) -> dict[str, Any]:
         now = time.time()
@@ -347,24 +368,27 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         if body is None:
             return
-        if path != CHECKPOINT_PATH:
+        if path not in (CHECKPOINT_PATH, RENDEZVOUS_PATH):
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no such path {path}"})
             return
         if not self._authorized():
             return
+        state = self.server.state
         try:
-            req = CheckpointRequest.from_body(body)
+            message: CheckpointRequest | RendezvousMove = (
+                CheckpointRequest.from_body(body) if path == CHECKPOINT_PATH else RendezvousMove.from_body(body))
         except InvalidMessage as exc:
             self._json(HTTPStatus.BAD_REQUEST, {"accepted": False, "error": str(exc)})
             return
         try:
-            result = self.server.state.submit(req)
+            result = (state.submit(message) if isinstance(message, CheckpointRequest)
+                      else state.move_rendezvous(message))
         except ConflictError as exc:
-            self._json(HTTPStatus.CONFLICT, {"accepted": False, "id": req.id, "pending": exc.pending_id,
+            self._json(HTTPStatus.CONFLICT, {"accepted": False, "id": message.id, "pending": exc.pending_id,
                                              "error": str(exc)})
             return
         except OSError as exc:
-            log.exception("could not record checkpoint request")
+            log.exception("could not record %s", path)
             self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"accepted": False, "error": str(exc)})
             return
         self._json(HTTPStatus.ACCEPTED, result)

@@ -351,6 +351,9 @@ class Session:
             restart_count=self.restart_count,
             # How many worker groups this pod has started: each start follows a rendezvous round.
             rendezvous_round=int(self.status.get("rendezvous_round") or 0) + 1,
+            # The rendezvous this group formed in (torchrun's run id): after a store move, the operator sees here
+            # that this pod's workers train on the new store.
+            **{keys.RENDEZVOUS_ID: os.environ.get("TORCHELASTIC_RUN_ID") or None},
             completed=False,
             error=None,
             checkpoint_interval_seconds=self._interval_for_status(),

@@ -38,6 +38,7 @@ def default_status(job: str, pod: str) -> dict[str, Any]:
         "rank": None,
         "restart_count": None,
         "rendezvous_round": None,
+        keys.RENDEZVOUS_ID: None,
         "steps_per_second": None,
         keys.HANDLED_REQUEST_ID: None,
         keys.LAST_CHECKPOINT: None,

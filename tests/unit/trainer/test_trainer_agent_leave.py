@@ -21,11 +21,17 @@ rendezvous_handler_registry.register(RDZV_BACKEND, HANDLERS.create)
 
 
 def _join_two(port: int) -> list[Any]:
+    """Two agents' handlers (torch's c10d handlers, as the agents hold them) that formed one round."""
     params = {"backend": RDZV_BACKEND, "endpoint": f"{LOOPBACK}:{port}", "run_id": "leave-test", "min_nodes": 2,
               "max_nodes": 2, "is_host": "false", "last_call_timeout": "1", "join_timeout": "60"}
     made = [rendezvous_handler_registry.create_handler(RendezvousParameters(**params))  # type: ignore[arg-type]
             for _ in range(2)]
     assert all(h in HANDLERS.made for h in made)
+    _rendezvous_all(made)
+    return [h.current for h in made]
+
+
+def _rendezvous_all(made: list[Any]) -> None:
     errors: list[BaseException] = []
 
     def join(handler: object) -> None:
@@ -40,7 +46,6 @@ def _join_two(port: int) -> list[Any]:
     for t in threads:
         t.join(120)
     assert not errors, errors
-    return made
 
 
 def _state(handler: Any) -> Any:
