@@ -39,9 +39,9 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "trainer"))  # works without the editable install too
 
+from spotrain_dev.trainer_harness import MOTO_ENV, ProcessSet, free_port, start_moto  # noqa: E402
 from spotrain_trainer.config import TrainerConfig  # noqa: E402
 from spotrain_trainer.session import CheckpointedOnNotice, Session  # noqa: E402
-from spotrain_trainer.testing import MOTO_ENV, ProcessSet, free_port, start_moto  # noqa: E402
 
 MiB = 1024 * 1024
 

@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "trainer"))
 
-from spotrain_trainer.testing import LOOPBACK, free_port  # noqa: E402
+from spotrain_dev.trainer_harness import LOOPBACK, free_port  # noqa: E402
 
 WARMUP = 30
 

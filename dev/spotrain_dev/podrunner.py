@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spotrain_protocol import WorkerEnv, envvars
-from spotrain_trainer.testing import process_tree
+from spotrain_trainer.processes import process_tree
 
 if TYPE_CHECKING:
     from kubernetes import client

@@ -13,10 +13,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from spotrain_dev.trainer_harness import LOOPBACK, ProcessSet, free_port
 from spotrain_trainer.checkpoint.storage import LocalStorage
 from spotrain_trainer.config import TrainerConfig
 from spotrain_trainer.session import Session
-from spotrain_trainer.testing import LOOPBACK, ProcessSet, free_port
 
 pytestmark = pytest.mark.gpu
 

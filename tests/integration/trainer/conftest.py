@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from spotrain_trainer.testing import LOOPBACK, MOTO_ENV, ProcessSet, free_port, start_moto, start_store
+from spotrain_dev.trainer_harness import LOOPBACK, MOTO_ENV, ProcessSet, free_port, start_moto, start_store
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "train_tiny.py"

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet, http_json, wait_for
 from spotrain_trainer.checkpoint.storage import S3Storage
 from spotrain_trainer.config import S3Settings
 from spotrain_trainer.constants import EXIT_CHECKPOINTED_ON_NOTICE
-from spotrain_trainer.testing import LocalJob, ProcessSet, http_json, wait_for
 
 STEPS = 34
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from spotrain_trainer.testing import LocalJob, ProcessSet, read_jsonl, wait_for
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet, read_jsonl, wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "train_epochs.py"

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet, wait_for
 from spotrain_trainer.checkpoint.storage import LocalStorage
-from spotrain_trainer.testing import LocalJob, ProcessSet, wait_for
 
 STEPS = 30
 

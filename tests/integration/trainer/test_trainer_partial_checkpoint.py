@@ -11,11 +11,12 @@ from typing import Any
 
 import pytest
 
+from spotrain_dev.trainer_harness import FaultProxy, FaultRule, LocalJob, ProcessSet, wait_for
 from spotrain_trainer.checkpoint.commit import verify_local_files
 from spotrain_trainer.checkpoint.storage import CheckpointStorage, LocalStorage, S3Storage
 from spotrain_trainer.config import S3Settings
 from spotrain_trainer.constants import COMMIT_FILE
-from spotrain_trainer.testing import FaultProxy, FaultRule, LocalJob, ProcessSet, kill_tree, wait_for
+from spotrain_trainer.processes import kill_tree
 
 
 def _verify_all(storage: CheckpointStorage, tmp: Path) -> list[int]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from spotrain_trainer.testing import LOOPBACK, ProcessSet, free_port
+from spotrain_dev.trainer_harness import LOOPBACK, ProcessSet, free_port
 
 PROGRAM = r"""
 import json, os, sys

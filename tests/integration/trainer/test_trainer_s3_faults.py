@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from spotrain_dev.trainer_harness import FaultProxy, FaultRule, LocalJob, ProcessSet, wait_for
 from spotrain_trainer.checkpoint.commit import verify_local_files
 from spotrain_trainer.checkpoint.storage import S3Storage
 from spotrain_trainer.config import S3Settings
 from spotrain_trainer.constants import EXIT_NOTICE_CHECKPOINT_FAILED
 from spotrain_trainer.statefiles import read_json
-from spotrain_trainer.testing import FaultProxy, FaultRule, LocalJob, ProcessSet, wait_for
 
 # Few botocore attempts per request, so that faults in a row also exercise our own retries around them.
 FAST_RETRIES = {

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet, wait_for
 from spotrain_trainer.checkpoint.storage import LocalStorage
-from spotrain_trainer.testing import LocalJob, ProcessSet, wait_for
 
 STEPS = 30
 HOLD_AT = 6  # pod-a holds before step 6 (while the hold file exists) until torchrun stops it to admit pod-b

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet, wait_for
 from spotrain_trainer.statefiles import read_json
-from spotrain_trainer.testing import LocalJob, ProcessSet, wait_for
 
 CRASHING = '''
 import torch

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet, wait_for
 from spotrain_trainer.checkpoint.storage import LocalStorage
-from spotrain_trainer.testing import LocalJob, ProcessSet, pid_alive, wait_for
+from spotrain_trainer.processes import pid_alive
 
 STEPS = 26
 EVERY = 5  # regular checkpoints every 5 steps (SPOTRAIN_CHECKPOINT_EVERY_STEPS)

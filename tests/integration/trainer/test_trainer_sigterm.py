@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet, wait_for
 from spotrain_trainer.checkpoint.commit import verify_local_files
 from spotrain_trainer.checkpoint.storage import S3Storage
 from spotrain_trainer.config import S3Settings
-from spotrain_trainer.testing import LocalJob, ProcessSet, wait_for
 
 STEPS = 36
 

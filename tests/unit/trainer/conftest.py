@@ -12,9 +12,9 @@ from typing import Any
 import boto3
 import pytest
 
+from spotrain_dev.trainer_harness import LOOPBACK, MOTO_ENV, FaultProxy, ProcessSet, free_port, start_moto
 from spotrain_trainer.config import S3Settings, TrainerConfig
 from spotrain_trainer.session import Session
-from spotrain_trainer.testing import LOOPBACK, MOTO_ENV, FaultProxy, ProcessSet, free_port, start_moto
 
 MakeSession = Callable[..., Session]
 

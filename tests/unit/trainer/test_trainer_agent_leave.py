@@ -11,8 +11,8 @@ from typing import Any
 import torch.distributed as dist
 from torch.distributed.elastic.rendezvous import RendezvousParameters, rendezvous_handler_registry
 
+from spotrain_dev.trainer_harness import LOOPBACK, free_port
 from spotrain_trainer.agent import RDZV_BACKEND, RendezvousHandlers, leave_rendezvous
-from spotrain_trainer.testing import LOOPBACK, free_port
 
 # Registered once per process, as spotrain_trainer.agent.main does in the agent; handlers are made through torch's
 # registry, which checks that the backend's name matches the registered one.

@@ -13,10 +13,10 @@ import pytest
 import torch.distributed as dist
 from torch.distributed.elastic.rendezvous import RendezvousParameters
 
+from spotrain_dev.trainer_harness import LOOPBACK, free_port
 from spotrain_protocol import RENDEZVOUS_FILE, RendezvousMove
 from spotrain_trainer.agent import RDZV_BACKEND, RendezvousHandlers, recorded_move
 from spotrain_trainer.server import ConflictError, ControlState
-from spotrain_trainer.testing import LOOPBACK, free_port
 
 
 def _store(port: int) -> dist.TCPStore:

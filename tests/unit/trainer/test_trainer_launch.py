@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from spotrain_dev.trainer_harness import LOOPBACK, ProcessSet, free_port, http_json, port_open, wait_for
 from spotrain_trainer.agent import TORCHRUN_FAILED, TORCHRUN_LOGGER, NoticeExitFilter
 from spotrain_trainer.config import ConfigError, TrainerConfig
 from spotrain_trainer.constants import EXIT_CHECKPOINTED_ON_NOTICE
 from spotrain_trainer.launch import StoreUnreachable, build_launch, main, parse_args, wait_for_store
-from spotrain_trainer.testing import LOOPBACK, ProcessSet, free_port, http_json, pid_alive, port_open, wait_for
+from spotrain_trainer.processes import pid_alive
 
 POD_ENV = {
     "SPOTRAIN_JOB_NAME": "bert",

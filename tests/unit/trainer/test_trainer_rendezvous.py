@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from spotrain_trainer.testing import LOOPBACK, ProcessSet, free_port, start_store
+from spotrain_dev.trainer_harness import LOOPBACK, ProcessSet, free_port, start_store
 
 
 def test_standalone_store_serves_clients_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
+from spotrain_dev.trainer_harness import FaultProxy, FaultRule
 from spotrain_trainer.checkpoint.commit import CommitMarker, FileInfo, Listing, hash_file, verify_local_files
 from spotrain_trainer.checkpoint.storage import (
     CommitConflictError,
@@ -22,7 +23,6 @@ from spotrain_trainer.checkpoint.storage import (
     retry_call,
 )
 from spotrain_trainer.config import S3Settings
-from spotrain_trainer.testing import FaultProxy, FaultRule
 
 
 def _storage(uri: str, settings: S3Settings, endpoint: str, staging: Path) -> S3Storage:

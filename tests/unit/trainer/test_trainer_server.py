@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from spotrain_dev.trainer_harness import http_json
 from spotrain_trainer.server import ControlHTTPServer, ControlState, serve
 from spotrain_trainer.statefiles import atomic_write_json, read_json
-from spotrain_trainer.testing import http_json
 
 
 @pytest.fixture
