@@ -20,19 +20,12 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from spotrain_dev import topology
+from spotrain_dev.timestamps import rfc3339, utc_now
 from spotrain_dev.topology import Topology
 from spotrain_operator import wellknown as wk
 
 NTH_MAX_TAINT_VALUE = 63  # aws-node-termination-handler pkg/node/node.go:68
 KUBELET_SHUTDOWN_POD_MESSAGE = "Pod was terminated in response to imminent node shutdown."  # nodeShutdownMessage
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _rfc3339(t: datetime.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -142,7 +135,7 @@ class NodeSimulator:
     def set_not_ready(self, node: str, reason: str, message: str, status: str = "Unknown") -> None:
         # KWOK keeps a managed node Ready; a node whose kubelet has gone stops being managed first.
         self.api.patch_node(node, {"metadata": {"annotations": {topology.KWOK_ANNOTATION: None}}})
-        now = _rfc3339(_now())
+        now = rfc3339(utc_now())
         condition = {"type": "Ready", "status": status, "reason": reason, "message": message,
                      "lastHeartbeatTime": now, "lastTransitionTime": now}
         self.api.patch_node_status(node, {"status": {"conditions": [condition]}})
@@ -153,7 +146,7 @@ class NodeSimulator:
         killed with the shutdown grace period and gets the DisruptionTarget condition, reason
         TerminationByKubelet; once its containers have stopped (``finished``) its phase is Failed with
         reason Terminated and the message below (nodeShutdownReason, nodeShutdownMessage)."""
-        now = _rfc3339(_now())
+        now = rfc3339(utc_now())
         disruption = {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
                       "message": KUBELET_SHUTDOWN_POD_MESSAGE, "lastTransitionTime": now}
         for pod in self.api.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items:
@@ -216,7 +209,7 @@ def _nth_scheduled_maintenance(sim: NodeSimulator, node: str, lead: int) -> None
     sim.taint(node, wk.NTH_SCHEDULED_MAINTENANCE, event[:NTH_MAX_TAINT_VALUE])
     if not sim.api.read_node(node).spec.unschedulable:
         sim.label(node, {wk.NTH_ACTION_LABEL: wk.NTH_UNCORDON_AFTER_REBOOT})
-        sim.label(node, {wk.NTH_ACTION_TIME_LABEL: str(int(_now().timestamp()))})
+        sim.label(node, {wk.NTH_ACTION_TIME_LABEL: str(int(utc_now().timestamp()))})
     sim.cordon(node)
 
 
@@ -225,7 +218,7 @@ def _taint(key: str, value: str = "", effect: str = "NoSchedule") -> Callable[[N
 
 
 def _ca_scale_down(sim: NodeSimulator, node: str, lead: int) -> None:
-    sim.taint(node, wk.CA_TO_BE_DELETED, str(int(_now().timestamp())))
+    sim.taint(node, wk.CA_TO_BE_DELETED, str(int(utc_now().timestamp())))
 
 
 def _gke_shutdown(finished: bool) -> Callable[[NodeSimulator, str, int], None]:
@@ -239,7 +232,7 @@ def _gke_shutdown(finished: bool) -> Callable[[NodeSimulator, str, int], None]:
 
 
 def _agent(sim: NodeSimulator, node: str, lead: int) -> None:
-    deadline = _rfc3339(_now() + datetime.timedelta(seconds=lead))
+    deadline = rfc3339(utc_now() + datetime.timedelta(seconds=lead))
     sim.taint(node, wk.AGENT_INTERRUPTION_TAINT, "aws-spot-itn", annotations={wk.AGENT_DEADLINE_ANNOTATION: deadline})
 
 

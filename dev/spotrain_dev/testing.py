@@ -38,13 +38,27 @@ TEST_LABEL = "test.spotrain.dev/namespace"
 ZONES = ("us-east-1a", "us-east-1b", "us-east-1c")
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, interval: float = 0.5) -> Any:
+def wait_for(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = 90.0,
+    interval: float = 0.5,
+    *,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> Any:
+    """Poll ``check`` until it returns something truthy and return that; after ``timeout`` seconds raise
+    AssertionError naming ``what`` and the last result. An exception of a ``retry_on`` type counts as "not yet"
+    (a server that does not listen yet); any other propagates at once."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
+        try:
+            last = check()
+        except retry_on as exc:
+            last = exc
+        else:
+            if last:
+                return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
 

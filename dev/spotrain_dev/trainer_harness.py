@@ -19,18 +19,17 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+from spotrain_dev.testing import wait_for
 from spotrain_protocol import CheckpointRequest, WorkerEnv, envvars
 from spotrain_protocol.constants import CHECKPOINT_PATH, STATUS_FILE, STATUS_PATH
 from spotrain_trainer.processes import kill_tree, process_tree
 from spotrain_trainer.statefiles import read_json
-
-T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 TOKEN_ENV = "SPOTRAIN_TEST_TOKEN"
@@ -48,23 +47,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll ``predicate`` until it returns a truthy value; raise TimeoutError naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # keep polling; report the last error on timeout
-            last_exc = exc
-        if time.monotonic() > deadline:
-            extra = f" (last error: {last_exc!r})" if last_exc else ""
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(interval)
 
 
 def port_open(host: str, port: int) -> bool:
@@ -165,7 +147,7 @@ def start_store(procs: ProcessSet, port: int, host: str = LOOPBACK, timeout: flo
     """A standalone c10d TCPStore in its own process (``python -m spotrain_trainer.rendezvous``)."""
     argv = [sys.executable, "-m", "spotrain_trainer.rendezvous", "--host", host, "--port", str(port)]
     proc = procs.spawn("store", argv)
-    wait_for(lambda: proc.poll() is None and port_open(host, port), timeout, f"TCPStore on {host}:{port}")
+    wait_for(f"TCPStore on {host}:{port}", lambda: proc.poll() is None and port_open(host, port), timeout, interval=0.1)
     return proc
 
 
@@ -189,7 +171,8 @@ def start_moto(procs: ProcessSet, port: int, host: str = LOOPBACK, timeout: floa
         finally:
             conn.close()
 
-    wait_for(ready, timeout, f"moto server on {host}:{port}")
+    # Connection refused or reset until it listens: not yet.
+    wait_for(f"moto server on {host}:{port}", ready, timeout, interval=0.1, retry_on=(OSError,))
     return proc
 
 

@@ -22,6 +22,8 @@ from kubernetes import client
 from spotrain_dev import processes
 from spotrain_dev.cluster import DevCluster
 from spotrain_dev.nodes import NodeSimulator
+from spotrain_dev.testing import wait_for
+from spotrain_dev.timestamps import rfc3339
 from spotrain_operator.agent.node_marker import NodeMarker
 from spotrain_operator.awsqueue import AwsQueueConsumer, PollResult, start_queue_consumer
 from spotrain_operator.core.model import NodeView
@@ -232,11 +234,12 @@ def test_the_operator_entry_point_runs_in_a_thread(api_client: client.ApiClient,
         _, body = event("EC2 Spot Instance Interruption Warning",
                         {"instance-id": instance_of(core, node), "instance-action": "terminate"})
         send(moto_url, queue, body)
-        deadline = time.monotonic() + 60
-        while mark(core, node)[0] != "aws-spot-itn":
-            assert time.monotonic() < deadline, "the consumer thread did not mark the node"
+
+        def marked() -> bool:
             assert c.thread is not None and c.thread.is_alive()
-            time.sleep(0.2)
+            return mark(core, node)[0] == "aws-spot-itn"
+
+        wait_for("the consumer thread to mark the node", marked, timeout=60, interval=0.2)
     finally:
         stop.set()
     assert c.thread is not None
@@ -268,7 +271,7 @@ def test_every_mark_of_the_queue_is_source_aws_queue(core: client.CoreV1Api, mot
                                                       node: str) -> None:
     event_id, body = event("EC2 Spot Instance Interruption Warning",
                            {"instance-id": instance_of(core, node), "instance-action": "terminate"},
-                           when=datetime.datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                           when=rfc3339(datetime.datetime.now(UTC)))
     send(moto_url, queue, body)
     assert poll_until(consumer(core, moto_url, queue), 1).marked == [(node, "aws-spot-itn")]
     stored = core.api_client.sanitize_for_serialization(core.read_node(node))

@@ -8,7 +8,6 @@ import json
 import shutil
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,6 +23,7 @@ from kubernetes import client
 from spotrain_dev import processes, testbin
 from spotrain_dev.cluster import DevCluster
 from spotrain_dev.nodes import NodeSimulator
+from spotrain_dev.testing import wait_for
 from spotrain_operator.wellknown import AGENT_DEADLINE_ANNOTATION, AGENT_EVENT_ANNOTATION, AGENT_INTERRUPTION_TAINT
 
 AGENT = Path(sys.executable).with_name("spotrain-agent")
@@ -178,20 +178,23 @@ class Harness:
 
     @staticmethod
     def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0,
-                  agent: processes.ManagedProcess | None = None, interval: float = 0.2) -> Any:
-        """Polls ``check`` until it returns something truthy; fails with the agent's log on timeout or death."""
-        deadline = time.monotonic() + timeout
-        while True:
+                 agent: processes.ManagedProcess | None = None, interval: float = 0.2) -> Any:
+        """``spotrain_dev.testing.wait_for``, failing at once with the agent's log when the agent exits, and naming
+        its log tail on timeout."""
+
+        def check_agent_alive() -> Any:
             value = check()
-            if value:
-                return value
-            if agent is not None and not agent.alive():
+            if not value and agent is not None and not agent.alive():
                 pytest.fail(f"spotrain-agent exited ({agent.popen.returncode}) waiting for {what}:\n"
                             f"{agent.log_tail(40)}")
-            if time.monotonic() > deadline:
-                tail = f"\nagent log:\n{agent.log_tail(40)}" if agent else ""
-                pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
-            time.sleep(interval)
+            return value
+
+        try:
+            return wait_for(what, check_agent_alive, timeout=timeout, interval=interval)
+        except AssertionError as exc:
+            if agent is None:
+                raise
+            raise AssertionError(f"{exc}\nagent log:\n{agent.log_tail(40)}") from None
 
     @staticmethod
     def log_lines(proc: processes.ManagedProcess) -> list[dict[str, Any]]:

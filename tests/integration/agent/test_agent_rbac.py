@@ -12,6 +12,7 @@ import yaml
 from kubernetes import client
 
 from spotrain_dev import processes
+from spotrain_dev.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from tests.integration.agent.conftest import Harness
@@ -48,7 +49,7 @@ def test_get_and_patch_on_nodes_is_enough(harness: Harness, namespace: str, tmp_
     try:
         node = harness.node()
         port = processes.free_port()
-        when = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        when = rfc3339(datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=2))
         harness.ec2_metadata_mock(port, "spot", "--time", when)
         # --provider auto reads the Node (get); marking reads and patches it.
         agent = harness.agent(node, "auto", f"http://127.0.0.1:{port}", "--interval", "0.5", kubeconfig=kubeconfig)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from spotrain_dev import processes
+from spotrain_dev.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from tests.integration.agent.conftest import Harness, Request, Route
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.cluster
 
 UTC = datetime.UTC
-WHEN = (datetime.datetime.now(UTC) + datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+WHEN = rfc3339(datetime.datetime.now(UTC) + datetime.timedelta(hours=1))
 NOT_BEFORE = "Mon, 19 Sep 2033 18:29:47 GMT"
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from spotrain_dev import processes
+from spotrain_dev.timestamps import rfc3339
 
 if TYPE_CHECKING:
     from tests.integration.agent.conftest import Harness
@@ -31,10 +32,6 @@ def metric(port: int, name: str, result: str) -> float:
 
 def polls_ok(port: int) -> float:
     return metric(port, "spotrain_agent_metadata_polls", "ok")
-
-
-def rfc3339(t: datetime.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def test_spot_itn_with_the_mocks_time(harness: Harness) -> None:

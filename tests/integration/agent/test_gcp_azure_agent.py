@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from kubernetes import client
 
+from spotrain_dev.timestamps import rfc3339
 from spotrain_operator.wellknown import NODE_DRAINED_ANNOTATION
 
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ def test_azure_preempt_marked_and_acknowledged_once_drained(harness: Harness) ->
     mark = harness.wait_for("the azure-preempt mark", lambda: harness.mark(node).taint == "azure-preempt" and
                             harness.mark(node), agent=agent)
     assert harness.effect(node) == "NoSchedule"
-    assert mark.deadline == not_before.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert mark.deadline == rfc3339(not_before)
     assert mark.event == "0b3b9f62-6c74-44b5-a6a4-3cf1e1e5bd2c"
     assert srv.hits("GET", NAME), "the VM name comes from IMDS compute/name"
 

@@ -79,4 +79,3 @@ def example() -> list[str]:
 def s3_env(moto_endpoint: str) -> dict[str, str]:
     """Environment for a pod whose checkpoints go to the moto server."""
     return {**MOTO_ENV, "SPOTRAIN_S3_ENDPOINT_URL": moto_endpoint}
-

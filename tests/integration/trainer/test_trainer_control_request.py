@@ -4,14 +4,16 @@ ranks train on in the same rendezvous round; the SIGTERM that follows is covered
 
 from __future__ import annotations
 
+import time
 import uuid
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet, http_json, wait_for
+from spotrain_dev.testing import wait_for
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet, http_json
+from spotrain_trainer.checkpoint.commit import utc_now_rfc3339
 from spotrain_trainer.checkpoint.storage import S3Storage
 from spotrain_trainer.config import S3Settings
 from spotrain_trainer.constants import EXIT_CHECKPOINTED_ON_NOTICE
@@ -43,9 +45,9 @@ def test_checkpoint_request_is_coordinated_reported_and_resumed(
     a = job.start_pod("pod-a")
     b = job.start_pod("pod-b")
     request_id = f"notice-{uuid.uuid4().hex[:8]}"
-    deadline = (datetime.now(UTC) + timedelta(minutes=2)).isoformat().replace("+00:00", "Z")
+    deadline = utc_now_rfc3339(time.time() + 120)
     try:
-        wait_for(lambda: len([r for r in job.losses() if r["world_size"] == 2]) >= 5, 240, "5 steps at world 2")
+        wait_for("5 steps at world 2", lambda: len([r for r in job.losses() if r["world_size"] == 2]) >= 5, timeout=240)
         code, body = b.post_checkpoint(request_id, reason="spot-interruption", deadline=deadline)
         assert (code, body["accepted"], body["id"]) == (202, True, request_id)
         code, body = b.post_checkpoint(request_id, reason="spot-interruption", deadline=deadline)
@@ -55,7 +57,7 @@ def test_checkpoint_request_is_coordinated_reported_and_resumed(
             s = b.http_status()
             return s if (s["last_checkpoint"] or {}).get("request_id") == request_id else None
 
-        status = wait_for(handled, 180, "the request reported as handled")
+        status = wait_for("the request reported as handled", handled, timeout=180)
         step = status["last_checkpoint"]["step"]
         assert status["handled_request_id"] == request_id
         assert status["checkpoint_request"] is None
@@ -66,7 +68,7 @@ def test_checkpoint_request_is_coordinated_reported_and_resumed(
         assert marker is not None and marker.world_size == 2
         assert marker.request_id == request_id and marker.reason == "notice:spot-interruption"
         assert {"__0_0.distcp", "__1_0.distcp", ".metadata"} <= set(marker.files)
-        status_a = wait_for(lambda: (s := a.status()) and s["last_checkpoint"] and s, 60, "pod-a status")
+        status_a = wait_for("pod-a status", lambda: (s := a.status()) and s["last_checkpoint"] and s, timeout=60)
         assert status_a["last_checkpoint"]["step"] == step, "both pods report the same coordinated checkpoint"
 
         code, metrics = http_json("GET", b.url + "/metrics")

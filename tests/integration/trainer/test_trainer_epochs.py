@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet, read_jsonl, wait_for
+from spotrain_dev.testing import wait_for
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet, read_jsonl
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "train_epochs.py"
@@ -36,7 +37,9 @@ def test_interrupted_epochs_use_every_sample_once_and_lose_no_step(
     try:
         # Interrupt in the middle of epoch 1, at world size 2.
         wait_for(
-            lambda: any(r["epoch"] == 1 and r["world_size"] == 2 for r in read_jsonl(log)), 240, "epoch 1 at world 2"
+            "epoch 1 at world 2",
+            lambda: any(r["epoch"] == 1 and r["world_size"] == 2 for r in read_jsonl(log)),
+            timeout=240,
         )
         job.kill_pod(b, signal.SIGTERM)
         assert a.proc is not None and b.proc is not None

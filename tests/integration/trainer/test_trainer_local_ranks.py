@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet, wait_for
+from spotrain_dev.testing import wait_for
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet
 from spotrain_trainer.checkpoint.storage import LocalStorage
 
 STEPS = 30
@@ -35,7 +36,7 @@ def test_one_request_gives_one_checkpoint_with_two_ranks_per_pod(
     pod = job.start_pod("pod-a")
     request_id = f"notice-{uuid.uuid4().hex[:8]}"
     try:
-        wait_for(lambda: len(job.losses()) >= 5, 240, "5 steps")
+        wait_for("5 steps", lambda: len(job.losses()) >= 5, timeout=240)
         code, body = pod.post_checkpoint(request_id, reason="spot-interruption")
         assert code == 202 and body["accepted"] is True
 
@@ -43,7 +44,7 @@ def test_one_request_gives_one_checkpoint_with_two_ranks_per_pod(
             s = pod.status()
             return s if s and (s["last_checkpoint"] or {}).get("request_id") == request_id else None
 
-        step = wait_for(handled, 180, "the request reported as handled")["last_checkpoint"]["step"]
+        step = wait_for("the request reported as handled", handled, timeout=180)["last_checkpoint"]["step"]
         assert pod.proc is not None and pod.proc.wait(timeout=300) == 0
     except BaseException:
         print(job.logs())

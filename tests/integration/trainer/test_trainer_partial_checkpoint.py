@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from spotrain_dev.trainer_harness import FaultProxy, FaultRule, LocalJob, ProcessSet, wait_for
+from spotrain_dev.testing import wait_for
+from spotrain_dev.trainer_harness import FaultProxy, FaultRule, LocalJob, ProcessSet
 from spotrain_trainer.checkpoint.commit import verify_local_files
 from spotrain_trainer.checkpoint.storage import CheckpointStorage, LocalStorage, S3Storage
 from spotrain_trainer.config import S3Settings
@@ -60,7 +61,7 @@ def test_checkpoint_killed_mid_upload_is_never_loaded(
         env = job.pod_env("first", pod_dir, 0)
         env.update({"SPOTRAIN_S3_ENDPOINT_URL": proxy.url, "TINY_STEP_SLEEP": "0.05"})
         first = procs.spawn("first", [sys.executable, *example, "--steps", "40"], env=env)
-        wait_for(lambda: proxy.hanging >= 1, 180, "the second commit marker upload in flight")
+        wait_for("the second commit marker upload in flight", lambda: proxy.hanging >= 1, timeout=180)
         cut = int(re.findall(r"/step-(\d+)/COMMIT", proxy.stats.faulted[0][1])[0])
         assert {"__0_0.distcp", ".metadata"} <= set(storage.file_sizes(cut)), "its data files were uploaded"
         kill_tree(first.pid)

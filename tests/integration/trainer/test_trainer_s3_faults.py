@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from spotrain_dev.trainer_harness import FaultProxy, FaultRule, LocalJob, ProcessSet, wait_for
+from spotrain_dev.testing import wait_for
+from spotrain_dev.trainer_harness import FaultProxy, FaultRule, LocalJob, ProcessSet
 from spotrain_trainer.checkpoint.commit import verify_local_files
 from spotrain_trainer.checkpoint.storage import S3Storage
 from spotrain_trainer.config import S3Settings
@@ -127,7 +128,7 @@ def test_checkpoint_on_notice_that_cannot_be_made_durable_exits_76(
     env.update({"SPOTRAIN_S3_ENDPOINT_URL": proxy.url, "TINY_STEP_SLEEP": "0.05"})
     try:
         proc = procs.spawn("trainer", [sys.executable, *example, "--steps", "2000"], env=env)
-        wait_for(lambda: len(job.losses()) >= 3, 180, "training under way")
+        wait_for("training under way", lambda: len(job.losses()) >= 3, timeout=180)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == EXIT_NOTICE_CHECKPOINT_FAILED, procs.log_text("trainer")[-3000:]
     finally:

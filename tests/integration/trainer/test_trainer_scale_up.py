@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet, wait_for
+from spotrain_dev.testing import wait_for
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet
 from spotrain_trainer.checkpoint.storage import LocalStorage
 
 STEPS = 30
@@ -34,9 +35,9 @@ def test_new_agent_joins_fsdp_job_reshards_and_continues(
     )
     a = job.start_pod("pod-a")
     try:
-        wait_for(lambda: job.events("hold"), 240, f"pod-a alone, holding before step {HOLD_AT}")
+        wait_for(f"pod-a alone, holding before step {HOLD_AT}", lambda: job.events("hold"), timeout=240)
         b = job.start_pod("pod-b")
-        wait_for(lambda: [r for r in job.losses() if r["world_size"] == 2], 240, "a step at world size 2")
+        wait_for("a step at world size 2", lambda: [r for r in job.losses() if r["world_size"] == 2], timeout=240)
         assert a.proc is not None and b.proc is not None
         assert a.proc.wait(timeout=300) == 0
         assert b.proc.wait(timeout=300) == 0

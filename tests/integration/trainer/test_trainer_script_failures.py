@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet, wait_for
+from spotrain_dev.testing import wait_for
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet
 from spotrain_trainer.statefiles import read_json
 
-CRASHING = '''
+CRASHING = """
 import torch
 import spotrain_trainer as st
 
@@ -22,7 +23,7 @@ with st.Session(checkpoint_every_steps=1000) as session:
     for step in session.steps(100):
         if step == 3:
             raise ValueError("the same bug at step 3")
-'''
+"""
 
 
 def _status(job_pod_dir: Path) -> dict:
@@ -33,8 +34,16 @@ def _status(job_pod_dir: Path) -> dict:
 def test_a_crashing_script_is_counted_at_every_restart(procs: ProcessSet, tmp_path: Path, store_port: int) -> None:
     script = tmp_path / "crashing.py"
     script.write_text(CRASHING)
-    job = LocalJob(procs, tmp_path / "job", store_port=store_port, checkpoint_uri=str(tmp_path / "ckpt"),
-                   script=[str(script)], env={"SPOTRAIN_MAX_RESTARTS": "2"}, min_nodes=1, max_nodes=1)
+    job = LocalJob(
+        procs,
+        tmp_path / "job",
+        store_port=store_port,
+        checkpoint_uri=str(tmp_path / "ckpt"),
+        script=[str(script)],
+        env={"SPOTRAIN_MAX_RESTARTS": "2"},
+        min_nodes=1,
+        max_nodes=1,
+    )
     pod = job.start_pod("pod-a")
     assert pod.proc is not None
     assert pod.proc.wait(timeout=240) != 0, "torchrun gives up once its restarts are spent"
@@ -44,15 +53,27 @@ def test_a_crashing_script_is_counted_at_every_restart(procs: ProcessSet, tmp_pa
 
 
 @pytest.mark.timeout(420)
-def test_a_dead_peer_is_not_the_survivors_failure(procs: ProcessSet, tmp_path: Path, store_port: int,
-                                                  example: list[str]) -> None:
-    job = LocalJob(procs, tmp_path / "job", store_port=store_port, checkpoint_uri=str(tmp_path / "ckpt"),
-                   script=[*example, "--steps", "400"], env={"TINY_STEP_SLEEP": "0.1"}, min_nodes=1, max_nodes=2)
+def test_a_dead_peer_is_not_the_survivors_failure(
+    procs: ProcessSet, tmp_path: Path, store_port: int, example: list[str]
+) -> None:
+    job = LocalJob(
+        procs,
+        tmp_path / "job",
+        store_port=store_port,
+        checkpoint_uri=str(tmp_path / "ckpt"),
+        script=[*example, "--steps", "400"],
+        env={"TINY_STEP_SLEEP": "0.1"},
+        min_nodes=1,
+        max_nodes=2,
+    )
     a = job.start_pod("pod-a")
     b = job.start_pod("pod-b")
-    wait_for(lambda: len([r for r in job.losses() if r["world_size"] == 2]) >= 3, 240, "3 steps at world 2")
+    wait_for("3 steps at world 2", lambda: len([r for r in job.losses() if r["world_size"] == 2]) >= 3, timeout=240)
     killed_at = max(r["step"] for r in job.losses())
     job.kill_pod(b, signal.SIGKILL)
-    wait_for(lambda: any(r["world_size"] == 1 and r["step"] > killed_at for r in job.losses()), 240,
-             "the survivor trains alone")
+    wait_for(
+        "the survivor trains alone",
+        lambda: any(r["world_size"] == 1 and r["step"] > killed_at for r in job.losses()),
+        timeout=240,
+    )
     assert _status(a.dir).get("script_failures", 0) == 0

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet, wait_for
+from spotrain_dev.testing import wait_for
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet
 from spotrain_trainer.checkpoint.storage import LocalStorage
 from spotrain_trainer.processes import pid_alive
 
@@ -36,16 +37,18 @@ def test_sigkill_without_notice_resumes_from_last_regular_checkpoint(
     a = job.start_pod("pod-a")
     b = job.start_pod("pod-b")
     try:
-        holds = wait_for(lambda: job.events("hold"), 240, f"both ranks holding at step {HOLD_AT}")
+        holds = wait_for(f"both ranks holding at step {HOLD_AT}", lambda: job.events("hold"), timeout=240)
         assert holds[0]["world_size"] == 2, "both pods were in the job when it reached the hold"
         # The regular (asynchronous) checkpoint due at step 10 commits in the background meanwhile. (It is
         # taken at step 10 unless the previous one was still in flight then; then at the next boundary.)
-        wait_for(lambda: max(storage.committed_steps(), default=0) >= 10, 120, "the checkpoint due at 10 committed")
+        wait_for(
+            "the checkpoint due at 10 committed", lambda: max(storage.committed_steps(), default=0) >= 10, timeout=120
+        )
         done_before_kill = max(r["step"] for r in job.losses()) + 1
         assert done_before_kill == HOLD_AT
 
         killed = job.kill_pod(b, signal.SIGKILL)  # the agent, its worker and its control server
-        wait_for(lambda: not any(pid_alive(p) for p in killed), 30, "pod-b's processes gone")
+        wait_for("pod-b's processes gone", lambda: not any(pid_alive(p) for p in killed), timeout=30)
         newest_at_kill = max(storage.committed_steps())
         records_before_kill = len(job.records())
         hold.unlink()

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet, wait_for
+from spotrain_dev.testing import wait_for
+from spotrain_dev.trainer_harness import LocalJob, ProcessSet
 from spotrain_trainer.checkpoint.commit import verify_local_files
 from spotrain_trainer.checkpoint.storage import S3Storage
 from spotrain_trainer.config import S3Settings
@@ -65,7 +66,9 @@ def test_sigterm_to_one_agent_checkpoints_durably_and_survivor_resumes(
     a = job.start_pod("pod-a")
     b = job.start_pod("pod-b")
     try:
-        wait_for(lambda: len([r for r in job.losses() if r["world_size"] == 2]) >= 8, 240, "8 steps at world size 2")
+        wait_for(
+            "8 steps at world size 2", lambda: len([r for r in job.losses() if r["world_size"] == 2]) >= 8, timeout=240
+        )
         job.kill_pod(b, signal.SIGTERM)
         assert b.proc is not None
         b.proc.wait(timeout=120)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from spotrain_dev.trainer_harness import LOOPBACK, ProcessSet, free_port, http_json, port_open, wait_for
+from spotrain_dev.testing import wait_for
+from spotrain_dev.trainer_harness import LOOPBACK, ProcessSet, free_port, http_json, port_open
 from spotrain_trainer.agent import TORCHRUN_FAILED, TORCHRUN_LOGGER, NoticeExitFilter
 from spotrain_trainer.config import ConfigError, TrainerConfig
 from spotrain_trainer.constants import EXIT_CHECKPOINTED_ON_NOTICE
@@ -170,14 +171,14 @@ def test_control_server_dies_with_the_process_that_execs_torchrun(tmp_path: Path
     )
     try:
         launcher = procs.spawn("launcher", [sys.executable, "-c", EXEC_SCRIPT], env=env)
-        wait_for(lambda: port_open(LOOPBACK, port), 60, "control server up")
+        wait_for("control server up", lambda: port_open(LOOPBACK, port), timeout=60)
         assert http_json("GET", f"http://{LOOPBACK}:{port}/healthz")[0] == 200
         server_pids = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == launcher.pid]
         assert server_pids, "the control server is a child of the launcher (now `sleep`)"
         os.kill(launcher.pid, signal.SIGKILL)
         launcher.wait(timeout=30)
-        wait_for(lambda: not port_open(LOOPBACK, port), 30, "control server gone with its parent")
-        wait_for(lambda: not any(pid_alive(int(p)) for p in server_pids), 30, "control server process exited")
+        wait_for("control server gone with its parent", lambda: not port_open(LOOPBACK, port), timeout=30)
+        wait_for("control server process exited", lambda: not any(pid_alive(int(p)) for p in server_pids), timeout=30)
     finally:
         procs.kill_all()
 

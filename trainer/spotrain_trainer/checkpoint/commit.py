@@ -68,6 +68,8 @@ def hash_file(path: Path) -> FileInfo:
 
 
 def utc_now_rfc3339(ts: float | None = None) -> str:
+    """The trainer's one RFC 3339 formatter: ``ts`` (unix time; now by default) in UTC to the millisecond,
+    ``2026-01-02T03:04:05.678Z``."""
     t = _time.time() if ts is None else ts
     return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
