@@ -1,50 +1,14 @@
-"""A tiny kubelet for the devcluster: runs the containers of spotrain's KWOK pods as real processes on this
-machine, so that jobs on simulated nodes train for real.
-
-KWOK makes a pod Running and gives it an IP on loopback (127.x.y.z, from its node's podCIDR) but runs nothing.
-``PodRunner`` watches the pods labelled ``spotrain.dev/job`` and, for each one that is Running with an IP:
-
-* ``role=rendezvous``: runs the container (the job's standalone c10d store, ``python -m
-  spotrain_trainer.rendezvous --port P``) with ``--host <pod IP>``;
-* ``role=worker``: runs the container (``spotrain-launch <args>``: the image's entry point) with the pod's
-  environment resolved (values, ``$(VAR)`` references, the downward API, Secret and ConfigMap keys), the
-  rendezvous Service name replaced by the current rendezvous pod's IP (there is no cluster DNS here), the control
-  server bound on the pod IP, and per-pod directories (state, staging, ``TMPDIR``, termination message file);
-  the working directory is the repository, so ``examples/train_tiny.py`` resolves.
-
-What a kubelet does when a pod goes is what happens here: on deletion (seen as a ``deletionTimestamp`` or the pod
-vanishing; KWOK removes a pod as soon as it is marked) the container's main process gets SIGTERM, and whatever
-is left of the container gets SIGKILL after the grace period (``deletionGracePeriodSeconds`` of the delete or
-eviction where the watch showed it, else ``terminationGracePeriodSeconds``; at least 2 s, as kubelet does). When
-a container exits by itself, the pod's status becomes Succeeded (exit 0) or Failed, with
-``containerStatuses[0].state.terminated`` (exit code, reason, the termination message file as ``message``,
-start and finish times), which is where the operator reads the trainer's completion message.
-
-Every container runs under a small shim (``python -m spotrain_dev.podrunner --shim -- argv``), the part a
-container runtime plays: it is a child subreaper, so torchrun's workers (which run in sessions of their own)
-stay in its process tree; SIGTERM to the shim goes to the container's main process only (PID 1 in a pod), and
-when the main process exits, or the runner asks for a hard kill (SIGUSR1), or the runner dies (the shim's
-``PR_SET_PDEATHSIG`` is SIGHUP), everything left in the tree is SIGKILLed. So nothing outlives the runner.
-
-Restart policy is ``Never`` whatever the pod says (spotrain's pods are all ``Never``); only the first container
-of a pod is run.
-
-    python -m spotrain_dev.podrunner --kubeconfig .dev/kubeconfig [--workdir DIR] [--namespace NS ...]
-
-One line per container start, signal and exit goes to ``<workdir>/podrunner.log`` (and, with the CLI, to
-stderr); each container's output goes to ``<workdir>/pods/<namespace>/<pod>.log``.
-"""
+"""The runner: watches the devcluster's spotrain pods, starts their containers (under the shim) once Running with
+an IP, stops them as kubelet does when the pods go, and reports how they ended in the pod status."""
 
 from __future__ import annotations
 
 import argparse
 import base64
 import contextlib
-import ctypes
 import datetime
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -53,109 +17,37 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spotrain_protocol import WorkerEnv, envvars
-from spotrain_trainer.processes import process_tree
+from spotrain_dev.podrunner.commands import (
+    TERMINATION_MESSAGE_FILE,
+    Command,
+    Host,
+    rendezvous_command,
+    rendezvous_service,
+    store_candidates,
+    worker_command,
+)
+from spotrain_dev.podrunner.environment import NamespaceObjects, WaitingError, container_env, referenced_objects
+from spotrain_dev.podrunner.shim import HARD_KILL_SIGNAL, PARENT_ENV, kill_descendants, shim_main
+from spotrain_dev.timestamps import rfc3339, utc_now
+from spotrain_protocol import envvars
 
 if TYPE_CHECKING:
     from kubernetes import client
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 JOB_LABEL = "spotrain.dev/job"  # = spotrain_operator.wellknown.JOB_LABEL (not imported: the shim imports no kopf)
 ROLE_LABEL = "spotrain.dev/role"
-ROUND_LABEL = "spotrain.dev/round"
 RUNNER_ID_ENV = "SPOTRAIN_PODRUNNER_ID"  # in every container's environment: finds leftovers, like a cgroup
 POD_UID_ENV = "SPOTRAIN_PODRUNNER_POD_UID"
-PARENT_ENV = "SPOTRAIN_PODRUNNER_PARENT"
 MIN_GRACE_SECONDS = 2.0  # kubelet's minimumGracePeriodInSeconds
 DEFAULT_GRACE_SECONDS = 30.0  # the API's default terminationGracePeriodSeconds
 MAX_MESSAGE_BYTES = 4096  # kubelet's limit on a container's termination message
-TERMINATION_MESSAGE_FILE = "termination-log"  # in the pod's directory: what kubelet mounts at terminationMessagePath
 FALLBACK_LOG_LINES = 80  # terminationMessagePolicy FallbackToLogsOnError: kubelet's tail
-HARD_KILL_SIGNAL = signal.SIGUSR1  # runner -> shim: SIGKILL the whole container now
-
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
-_VAR_REF = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def _rfc3339(t: datetime.datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# -- the shim ----------------------------------------------------------------------------------------------
-
-
-def _kill_tree(root: int) -> None:
-    for pid in process_tree(root)[1:]:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def shim_main(argv: list[str]) -> int:
-    """The container runtime's part for one container: runs ``argv`` as the main process and exits with its
-    code (128 + N when killed by signal N); see the module docstring for the signals."""
-    if not argv:
-        print("podrunner shim: no command", file=sys.stderr)
-        return 127
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGHUP), 0, 0, 0)
-    parent = os.environ.pop(PARENT_ENV, "")
-    if parent.isdigit() and os.getppid() != int(parent):
-        return 137  # the runner died before PR_SET_PDEATHSIG took effect
-    libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    me = os.getpid()
-    main_pid = 0
-    main_status: int | None = None
-    hard = False
-
-    def on_term(signum: int, frame: object) -> None:
-        if main_pid and main_status is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(main_pid, signal.SIGTERM)
-
-    def on_hard(signum: int, frame: object) -> None:
-        nonlocal hard
-        hard = True
-        _kill_tree(me)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # restored to default in the child by posix_spawn's setsigdef
-    signal.signal(HARD_KILL_SIGNAL, on_hard)
-    signal.signal(signal.SIGHUP, on_hard)
-    try:
-        main_pid = os.posix_spawnp(argv[0], argv, dict(os.environ), setsigdef=(signal.SIGINT,))
-    except OSError as exc:
-        print(f"podrunner shim: cannot run {argv[0]}: {exc}", file=sys.stderr, flush=True)
-        return 127
-    if hard:
-        _kill_tree(me)
-    while True:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-        if pid == main_pid:
-            main_status = status
-        if main_status is not None or hard:
-            # PID 1 of a container has exited (or the container is being killed): nothing else in it survives.
-            _kill_tree(me)
-    # Done: a late signal (say, to the whole process group) must not turn the exit status into "killed".
-    for signum in (signal.SIGTERM, signal.SIGHUP, HARD_KILL_SIGNAL):
-        signal.signal(signum, signal.SIG_IGN)
-    if main_status is None:
-        return 137
-    code = os.waitstatus_to_exitcode(main_status)
-    return 128 - code if code < 0 else code
-
 
 # -- the runner --------------------------------------------------------------------------------------------
 
@@ -196,10 +88,6 @@ class _Container:
     finished_at: datetime.datetime | None = None
     reported: bool = False
     pod_gone: bool = False
-
-
-class WaitingError(Exception):
-    """A container cannot start yet (a missing Secret, no rendezvous store yet): retried."""
 
 
 @dataclass
@@ -456,12 +344,7 @@ class PodRunner:
         role = (meta.get("labels") or {}).get(ROLE_LABEL, "")
         container = pod["spec"]["containers"][0]
         try:
-            if role == "rendezvous":
-                argv, env = self._rendezvous_command(pod, container)
-            elif role == "worker":
-                argv, env = self._worker_command(pod, container, pods)
-            else:
-                raise WaitingError(f"unknown role {role!r}; not run")
+            command = self._command(pod, pods)
         except WaitingError as exc:
             if self._waiting.get(uid) != str(exc):
                 self._waiting[uid] = str(exc)
@@ -471,11 +354,12 @@ class PodRunner:
         pod_dir = self._pod_dir(ns, name)
         log = self.pod_log(ns, name)
         termination_log = pod_dir / TERMINATION_MESSAGE_FILE
+        argv, env = command.argv, command.env
         env[RUNNER_ID_ENV] = self.id
         env[POD_UID_ENV] = uid
         env[PARENT_ENV] = str(os.getpid())
         with log.open("ab") as out:
-            out.write(f"--- {_rfc3339(_now())} {ns}/{name} ({uid}): {_show(argv)}\n".encode())
+            out.write(f"--- {rfc3339(utc_now())} {ns}/{name} ({uid}): {_show(argv)}\n".encode())
             out.flush()
             popen = subprocess.Popen(
                 [self.python, "-m", "spotrain_dev.podrunner", "--shim", "--", *argv],
@@ -486,7 +370,7 @@ class PodRunner:
             uid=uid, namespace=ns, pod=name, role=role, container=container["name"],
             image=container.get("image", ""), popen=popen, log=log, termination_log=termination_log,
             message_policy=container.get("terminationMessagePolicy") or "File", spec_grace=_spec_grace(pod),
-            started_at=_now(), started_mono=time.monotonic(),
+            started_at=utc_now(), started_mono=time.monotonic(),
         )
         with self._lock:
             self._containers[uid] = c
@@ -502,159 +386,70 @@ class PodRunner:
             (pod_dir / sub).mkdir(parents=True)
         return pod_dir
 
-    def _base_env(self, pod: Mapping[str, Any]) -> dict[str, str]:
-        """What a container has before its spec's env: the image's (this venv first on PATH; PYTHONPATH where
-        the runner has one, so that a checkout run with a shared venv runs its own code), locale, HOSTNAME."""
-        venv_bin = str(Path(self.python).parent)
-        env = {"PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")]),
-               "HOSTNAME": pod["metadata"]["name"], "PYTHONUNBUFFERED": "1"}
-        for key in ("HOME", "LANG", "LC_ALL", "TZ", "PYTHONPATH"):
-            if key in os.environ:
-                env[key] = os.environ[key]
-        return env
-
-    def _rendezvous_command(self, pod: Mapping[str, Any], container: Mapping[str, Any]
-                            ) -> tuple[list[str], dict[str, str]]:
-        """The store's container as it is (``python -m spotrain_trainer.rendezvous --port P``), bound to the pod
-        IP: inside a pod it binds 0.0.0.0, which here would be every pod's address at once."""
-        ip = pod["status"]["podIP"]
-        command = [str(a) for a in container.get("command") or []]
-        args = [str(a) for a in container.get("args") or []]
-        if not command:
-            raise WaitingError("rendezvous container has no command")
-        port = _flag(args, "--port") or next(
-            (str(p["containerPort"]) for p in container.get("ports") or [] if p.get("containerPort")), None)
-        if port is None or not port.isdigit():
-            raise WaitingError("rendezvous container has neither --port nor a containerPort")
-        _check_bindable(ip, int(port))
-        env = {**self._base_env(pod), **self._resolve_env(pod, container)}
-        env["TMPDIR"] = str(self.workdir / "pods" / pod["metadata"]["namespace"] / pod["metadata"]["name"] / "tmp")
-        argv = [_expand(a, env) for a in [*command, *args]]
-        return self._executable([*argv, "--host", ip]), env
-
-    def _worker_command(self, pod: Mapping[str, Any], container: Mapping[str, Any],
-                        pods: Mapping[str, dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    def _command(self, pod: Mapping[str, Any], pods: Mapping[str, dict[str, Any]]) -> Command:
+        """The container's argv and environment: read what its spec refers to, let the pure resolver
+        (environment, commands) decide, and check that what it will listen on is free."""
         meta = pod["metadata"]
-        ip = pod["status"]["podIP"]
-        spec_env = self._resolve_env(pod, container)
-        for port in [spec_env.get(envvars.CONTROL_PORT)] + [str(p.get("containerPort"))
-                                                             for p in container.get("ports") or []]:
-            if port and port.isdigit():
-                _check_bindable(ip, int(port))
-        env = {**self._base_env(pod), **spec_env}
-        endpoint = spec_env.get(envvars.RDZV_ENDPOINT)
-        pod_dir = self.workdir / "pods" / meta["namespace"] / meta["name"]
-        # What this machine's layout decides: the rendezvous pod's IP for its Service name, the pod IP to bind, and
-        # per-pod directories where a pod would have its own filesystem.
-        env.update(WorkerEnv(
-            rdzv_endpoint=self._resolve_endpoint(meta["namespace"], endpoint, pods) if endpoint else None,
-            control_bind=ip,
-            state_dir=str(pod_dir / "state"),
-            staging_dir=str(pod_dir / "staging"),
-            termination_log=str(pod_dir / TERMINATION_MESSAGE_FILE),
-        ).to_env())
-        env["TMPDIR"] = str(pod_dir / "tmp")
-        command = [str(a) for a in container.get("command") or ["spotrain-launch"]]
-        args = [str(a) for a in container.get("args") or []]
-        argv = [_expand(a, env) for a in [*command, *args]]
-        return self._executable(argv), env
+        role = (meta.get("labels") or {}).get(ROLE_LABEL, "")
+        if role not in ("rendezvous", "worker"):
+            raise WaitingError(f"unknown role {role!r}; not run")
+        container = pod["spec"]["containers"][0]
+        spec_env = container_env(pod, container, self._namespace_objects(meta["namespace"], container))
+        host = Host(self.python, dict(os.environ), self.workdir / "pods" / meta["namespace"] / meta["name"])
+        if role == "rendezvous":
+            command = rendezvous_command(pod, container, spec_env, host)
+        else:
+            endpoint = spec_env.get(envvars.RDZV_ENDPOINT)
+            store = self._store_endpoint(endpoint, pods) if endpoint else None
+            command = worker_command(pod, container, spec_env, host, store)
+        for ip, port in command.listens:
+            _check_bindable(ip, port)
+        return command
 
-    def _executable(self, argv: list[str]) -> list[str]:
-        """The image's programs, from this venv."""
-        if argv[0] in ("python", "python3", "python3.11"):
-            return [self.python, *argv[1:]]
-        if argv[0] == "spotrain-launch":
-            return [self.python, "-m", "spotrain_trainer.launch", *argv[1:]]
-        return argv
+    def _namespace_objects(self, namespace: str, container: Mapping[str, Any]) -> NamespaceObjects:
+        """The Secrets and ConfigMaps ``container`` refers to, those that exist."""
+        from kubernetes.client.rest import ApiException
 
-    def _resolve_endpoint(self, namespace: str, endpoint: str, pods: Mapping[str, dict[str, Any]]) -> str:
-        """``<service>.<ns>.svc[.cluster.local]:<port>`` -> ``<ip of the service's ready pod>:<targetPort>``,
-        once that pod's store is accepting connections (kube-proxy and DNS, for one Service)."""
-        host, _, port_text = endpoint.rpartition(":")
-        parts = host.split(".")
-        if len(parts) < 3 or parts[2] != "svc":
+        secret_names, config_map_names = referenced_objects(container)
+        secrets: dict[str, dict[str, str]] = {}
+        config_maps: dict[str, dict[str, str]] = {}
+        for name in secret_names:
+            try:
+                secret = self.core.read_namespaced_secret(name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue
+                raise WaitingError(f"Secret {namespace}/{name}: {exc.reason}") from exc
+            secrets[name] = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        for name in config_map_names:
+            try:
+                config_maps[name] = dict(self.core.read_namespaced_config_map(name, namespace).data or {})
+            except ApiException as exc:
+                if exc.status == 404:
+                    continue
+                raise WaitingError(f"ConfigMap {namespace}/{name}: {exc.reason}") from exc
+        return NamespaceObjects(secrets, config_maps)
+
+    def _store_endpoint(self, endpoint: str, pods: Mapping[str, dict[str, Any]]) -> str:
+        """The rendezvous Service's name -> the address of its store pod, once that store accepts connections
+        (kube-proxy and DNS, for one Service)."""
+        from kubernetes.client.rest import ApiException
+
+        service_ref = rendezvous_service(endpoint)
+        if service_ref is None:
             return endpoint  # an address already
-        service_name, service_ns = parts[0], parts[1]
-        from kubernetes.client.rest import ApiException
-
+        name, namespace, port = service_ref
         try:
-            service = self.core.read_namespaced_service(service_name, service_ns)
+            service = self.core.read_namespaced_service(name, namespace)
         except ApiException as exc:
-            raise WaitingError(f"service {service_ns}/{service_name} of {endpoint}: {exc.reason}") from exc
-        selector = service.spec.selector or {}
-        target = port_text
-        for p in service.spec.ports or []:
-            if str(p.port) == port_text and p.target_port is not None and str(p.target_port).isdigit():
-                target = str(p.target_port)
-        candidates = [
-            p for p in pods.values()
-            if p["metadata"]["namespace"] == service_ns and not p["metadata"].get("deletionTimestamp")
-            and (p.get("status") or {}).get("phase") == "Running" and (p.get("status") or {}).get("podIP")
-            and selector and all((p["metadata"].get("labels") or {}).get(k) == v for k, v in selector.items())
-        ]
-        candidates.sort(key=lambda p: (int((p["metadata"].get("labels") or {}).get(ROUND_LABEL, 0)),
-                                       p["metadata"].get("creationTimestamp", "")), reverse=True)
-        for p in candidates:
-            ip = p["status"]["podIP"]
-            if _port_open(ip, int(target)):
-                return f"{ip}:{target}"
-        raise WaitingError(f"no rendezvous store of {service_ns}/{service_name} accepting connections yet")
-
-    def _resolve_env(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
-        """envFrom, then env in order with ``$(VAR)`` expansion, as kubelet builds a container's environment."""
-        ns = pod["metadata"]["namespace"]
-        env: dict[str, str] = {}
-        for source in container.get("envFrom") or []:
-            prefix = source.get("prefix") or ""
-            if "configMapRef" in source:
-                ref = source["configMapRef"]
-                data = self._config_map(ns, ref["name"], bool(ref.get("optional")))
-            else:
-                ref = source["secretRef"]
-                data = self._secret(ns, ref["name"], bool(ref.get("optional")))
-            env.update({prefix + k: v for k, v in data.items()})
-        for item in container.get("env") or []:
-            name = item["name"]
-            if "valueFrom" not in item:
-                env[name] = _expand(str(item.get("value") or ""), env)
-                continue
-            source = item["valueFrom"]
-            if "fieldRef" in source:
-                env[name] = _field(pod, source["fieldRef"]["fieldPath"])
-            elif "secretKeyRef" in source or "configMapKeyRef" in source:
-                secret = "secretKeyRef" in source
-                ref = source["secretKeyRef" if secret else "configMapKeyRef"]
-                optional = bool(ref.get("optional"))
-                data = (self._secret if secret else self._config_map)(ns, ref["name"], optional)
-                if ref["key"] in data:
-                    env[name] = data[ref["key"]]
-                elif not optional:
-                    raise WaitingError(f"key {ref['key']!r} not in {'Secret' if secret else 'ConfigMap'} "
-                                       f"{ns}/{ref['name']} (env {name})")
-            else:
-                raise WaitingError(f"env {name}: only fieldRef, secretKeyRef and configMapKeyRef are supported")
-        return env
-
-    def _secret(self, namespace: str, name: str, optional: bool) -> dict[str, str]:
-        from kubernetes.client.rest import ApiException
-
-        try:
-            secret = self.core.read_namespaced_secret(name, namespace)
-        except ApiException as exc:
-            if exc.status == 404 and optional:
-                return {}
-            raise WaitingError(f"Secret {namespace}/{name}: {exc.reason}") from exc
-        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-
-    def _config_map(self, namespace: str, name: str, optional: bool) -> dict[str, str]:
-        from kubernetes.client.rest import ApiException
-
-        try:
-            return dict(self.core.read_namespaced_config_map(name, namespace).data or {})
-        except ApiException as exc:
-            if exc.status == 404 and optional:
-                return {}
-            raise WaitingError(f"ConfigMap {namespace}/{name}: {exc.reason}") from exc
+            raise WaitingError(f"service {namespace}/{name} of {endpoint}: {exc.reason}") from exc
+        assert self._api is not None
+        served = self._api.sanitize_for_serialization(service)
+        for candidate in store_candidates(served, namespace, port, pods.values()):
+            ip, _, candidate_port = candidate.rpartition(":")
+            if _port_open(ip, int(candidate_port)):
+                return candidate
+        raise WaitingError(f"no rendezvous store of {namespace}/{name} accepting connections yet")
 
     def _terminate(self, c: _Container, grace: float, why: str) -> None:
         grace = max(grace, MIN_GRACE_SECONDS)
@@ -674,13 +469,13 @@ class PodRunner:
             return
         if c.hard_sent is not None and time.monotonic() > c.hard_sent + 10 and c.popen.poll() is None:
             # The shim did not finish the kill: take it down too (its tree may then be orphaned).
-            _kill_tree(c.popen.pid)
+            kill_descendants(c.popen.pid)
             c.popen.kill()
         code = c.popen.poll()
         if code is None:
             return
         c.exit_code = code
-        c.finished_at = _now()
+        c.finished_at = utc_now()
         seconds = time.monotonic() - c.started_mono
         self._log(c.namespace, c.pod, "exited", f"exit code {code} after {seconds:.1f} s", exit_code=code)
 
@@ -699,14 +494,14 @@ class PodRunner:
         from kubernetes.client.rest import ApiException
 
         assert c.exit_code is not None and c.finished_at is not None
-        now = _rfc3339(_now())
+        now = rfc3339(utc_now())
         code = c.exit_code
         terminated = {
             "exitCode": code,
             "reason": "Completed" if code == 0 else "Error",
             "message": self._message(c),
-            "startedAt": _rfc3339(c.started_at),
-            "finishedAt": _rfc3339(c.finished_at),
+            "startedAt": rfc3339(c.started_at),
+            "finishedAt": rfc3339(c.finished_at),
             "containerID": f"podrunner://{c.popen.pid}",
         }
         statuses = [{"name": c.container, "image": c.image, "imageID": "", "ready": False, "restartCount": 0,
@@ -753,13 +548,13 @@ class PodRunner:
             time.sleep(0.1)
         for c in containers:
             if c.popen.poll() is None:
-                _kill_tree(c.popen.pid)
+                kill_descendants(c.popen.pid)
                 c.popen.kill()
                 c.popen.wait()
             self._reap(c)
 
 
-# -- pure helpers ------------------------------------------------------------------------------------------
+# -- helpers ---------------------------------------------------------------------------------------------
 
 
 def _startable(pod: Mapping[str, Any]) -> bool:
@@ -771,48 +566,6 @@ def _startable(pod: Mapping[str, Any]) -> bool:
 def _spec_grace(pod: Mapping[str, Any]) -> float:
     grace = (pod.get("spec") or {}).get("terminationGracePeriodSeconds")
     return float(DEFAULT_GRACE_SECONDS if grace is None else grace)
-
-
-def _expand(value: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion: defined names are replaced, ``$$`` is a literal ``$``, the rest stays."""
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        return env.get(m.group(1), m.group(0))
-
-    return _VAR_REF.sub(sub, value)
-
-
-_FIELD_SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
-
-
-def _field(pod: Mapping[str, Any], path: str) -> str:
-    """The downward API's fieldRef paths."""
-    meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
-    simple = {
-        "metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace"), "metadata.uid": meta.get("uid"),
-        "spec.nodeName": spec.get("nodeName"), "spec.serviceAccountName": spec.get("serviceAccountName"),
-        "status.podIP": status.get("podIP"), "status.hostIP": status.get("hostIP"),
-        "status.podIPs": ",".join(i.get("ip", "") for i in status.get("podIPs") or []),
-        "status.hostIPs": ",".join(i.get("ip", "") for i in status.get("hostIPs") or []),
-    }
-    if path in simple:
-        return str(simple[path] or "")
-    m = _FIELD_SUBSCRIPT.match(path)
-    if m:
-        return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
-    raise WaitingError(f"fieldRef {path!r} is not supported")
-
-
-def _flag(args: Iterable[str], name: str) -> str | None:
-    items = list(args)
-    for i, arg in enumerate(items):
-        if arg == name and i + 1 < len(items):
-            return items[i + 1]
-        if arg.startswith(name + "="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def _show(argv: list[str]) -> str:
