@@ -5,14 +5,14 @@ servers, orphans included) are all SIGKILLed at the end, pass or fail."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
-from spotrain_dev.trainer_harness import LOOPBACK, MOTO_ENV, ProcessSet, free_port, start_moto, start_store
+from spotrain_dev.trainer_harness import LOOPBACK, MOTO_ENV, LocalJob, ProcessSet, free_port, start_moto, start_store
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "train_tiny.py"
@@ -79,3 +79,35 @@ def example() -> list[str]:
 def s3_env(moto_endpoint: str) -> dict[str, str]:
     """Environment for a pod whose checkpoints go to the moto server."""
     return {**MOTO_ENV, "SPOTRAIN_S3_ENDPOINT_URL": moto_endpoint}
+
+
+#: ``make_job(*args, name="job", script=None, checkpoint_uri=None, standalone=False, **LocalJob options)``
+MakeJob = Callable[..., LocalJob]
+
+
+@pytest.fixture
+def make_job(procs: ProcessSet, tmp_path: Path, example: list[str], request: pytest.FixtureRequest) -> MakeJob:
+    """Makes the test's :class:`LocalJob`s: its process set, ``tmp_path/<name>`` as the job's directory, the example
+    script with ``args`` after it (or ``script``), checkpoints in ``tmp_path/<name>/checkpoints`` unless
+    ``checkpoint_uri`` says otherwise, and the shared rendezvous store; ``standalone=True`` for jobs that only
+    ``run_single`` (no store needed). Other keywords go to ``LocalJob`` (``env``, ``min_nodes``, ``max_nodes``...)."""
+
+    def make(
+        *args: str,
+        name: str = "job",
+        script: Sequence[str] | None = None,
+        checkpoint_uri: str | None = None,
+        standalone: bool = False,
+        **options: Any,
+    ) -> LocalJob:
+        workdir = tmp_path / name
+        return LocalJob(
+            procs,
+            workdir,
+            store_port=0 if standalone else request.getfixturevalue("store_port"),
+            checkpoint_uri=checkpoint_uri or str(workdir / "checkpoints"),
+            script=[*(example if script is None else script), *args],
+            **options,
+        )
+
+    return make

@@ -7,16 +7,19 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from spotrain_dev.testing import wait_for
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet, http_json
+from spotrain_dev.trainer_harness import ProcessSet, http_json
 from spotrain_trainer.checkpoint.commit import utc_now_rfc3339
 from spotrain_trainer.checkpoint.storage import S3Storage
 from spotrain_trainer.config import S3Settings
 from spotrain_trainer.constants import EXIT_CHECKPOINTED_ON_NOTICE
+
+if TYPE_CHECKING:
+    from tests.integration.trainer.conftest import MakeJob
 
 STEPS = 34
 
@@ -25,22 +28,14 @@ STEPS = 34
 def test_checkpoint_request_is_coordinated_reported_and_resumed(
     procs: ProcessSet,
     tmp_path: Path,
-    store_port: int,
     s3: Any,
     bucket: str,
     s3_env: dict[str, str],
-    example: list[str],
+    make_job: MakeJob,
 ) -> None:
     uri = f"s3://{bucket}/tiny"
-    job = LocalJob(
-        procs,
-        tmp_path / "job",
-        store_port=store_port,
-        checkpoint_uri=uri,
-        script=[*example, "--steps", str(STEPS)],
-        env={**s3_env, "TINY_STEP_SLEEP": "0.1"},
-        min_nodes=2,  # every round has both pods: the job re-forms at world size 2 after the notice
-        max_nodes=2,
+    job = make_job(
+        "--steps", str(STEPS), checkpoint_uri=uri, env={**s3_env, "TINY_STEP_SLEEP": "0.1"}, min_nodes=2, max_nodes=2
     )
     a = job.start_pod("pod-a")
     b = job.start_pod("pod-b")

@@ -7,11 +7,15 @@ from __future__ import annotations
 import signal
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from spotrain_dev.testing import wait_for
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet, read_jsonl
+from spotrain_dev.trainer_harness import read_jsonl
+
+if TYPE_CHECKING:
+    from tests.integration.trainer.conftest import MakeJob
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "train_epochs.py"
@@ -19,15 +23,9 @@ EPOCHS, DATASET = 3, 60
 
 
 @pytest.mark.timeout(420)
-def test_interrupted_epochs_use_every_sample_once_and_lose_no_step(
-    procs: ProcessSet, tmp_path: Path, store_port: int
-) -> None:
+def test_interrupted_epochs_use_every_sample_once_and_lose_no_step(tmp_path: Path, make_job: MakeJob) -> None:
     log = tmp_path / "epochs.jsonl"
-    job = LocalJob(
-        procs,
-        tmp_path / "job",
-        store_port=store_port,
-        checkpoint_uri=str(tmp_path / "ckpt"),
+    job = make_job(
         script=[str(EXAMPLE), "--epochs", str(EPOCHS), "--dataset-size", str(DATASET), "--global-batch", "8"],
         env={"EPOCHS_LOG": str(log), "EPOCHS_STEP_SLEEP": "0.1"},
         job_name="epochs",

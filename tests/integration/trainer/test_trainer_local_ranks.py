@@ -6,28 +6,26 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from spotrain_dev.testing import wait_for
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet
 from spotrain_trainer.checkpoint.storage import LocalStorage
+
+if TYPE_CHECKING:
+    from tests.integration.trainer.conftest import MakeJob
 
 STEPS = 30
 
 
 @pytest.mark.timeout(420)
-def test_one_request_gives_one_checkpoint_with_two_ranks_per_pod(
-    procs: ProcessSet, tmp_path: Path, store_port: int, example: list[str]
-) -> None:
+def test_one_request_gives_one_checkpoint_with_two_ranks_per_pod(tmp_path: Path, make_job: MakeJob) -> None:
     ckpt = tmp_path / "ckpt"
-    job = LocalJob(
-        procs,
-        tmp_path / "job",
-        store_port=store_port,
+    job = make_job(
+        "--steps",
+        str(STEPS),
         checkpoint_uri=str(ckpt),
-        script=[*example, "--steps", str(STEPS)],
         env={"TINY_STEP_SLEEP": "0.1"},
         min_nodes=1,
         max_nodes=1,

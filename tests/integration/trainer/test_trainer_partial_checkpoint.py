@@ -7,17 +7,20 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from spotrain_dev.testing import wait_for
-from spotrain_dev.trainer_harness import FaultProxy, FaultRule, LocalJob, ProcessSet
+from spotrain_dev.trainer_harness import FaultProxy, FaultRule, ProcessSet
 from spotrain_trainer.checkpoint.commit import verify_local_files
 from spotrain_trainer.checkpoint.storage import CheckpointStorage, LocalStorage, S3Storage
 from spotrain_trainer.config import S3Settings
 from spotrain_trainer.constants import COMMIT_FILE
 from spotrain_trainer.processes import kill_tree
+
+if TYPE_CHECKING:
+    from tests.integration.trainer.conftest import MakeJob
 
 
 def _verify_all(storage: CheckpointStorage, tmp: Path) -> list[int]:
@@ -39,6 +42,7 @@ def test_checkpoint_killed_mid_upload_is_never_loaded(
     moto_endpoint: str,
     s3_env: dict[str, str],
     example: list[str],
+    make_job: MakeJob,
 ) -> None:
     host, port = moto_endpoint.removeprefix("http://").split(":")
     proxy = FaultProxy(host, int(port))
@@ -46,12 +50,9 @@ def test_checkpoint_killed_mid_upload_is_never_loaded(
     # is killed while it waits, after the checkpoint's data files were uploaded.
     proxy.add(FaultRule("hang", method="PUT", path=r"/COMMIT", times=1, after=1))
     uri = f"s3://{bucket}/tiny"
-    job = LocalJob(
-        procs,
-        tmp_path / "job",
-        store_port=0,
+    job = make_job(
+        standalone=True,
         checkpoint_uri=uri,
-        script=example,
         env={**s3_env, "SPOTRAIN_S3_ENDPOINT_URL": proxy.url, "SPOTRAIN_CHECKPOINT_EVERY_STEPS": "3"},
     )
     storage = S3Storage(uri, S3Settings(), tmp_path / "staging", client=s3)
@@ -89,12 +90,11 @@ def test_checkpoint_killed_mid_upload_is_never_loaded(
 @pytest.mark.timeout(300)
 def test_damaged_committed_checkpoints_fall_back_to_previous(
     backend: str,
-    procs: ProcessSet,
     tmp_path: Path,
     s3: Any,
     bucket: str,
     s3_env: dict[str, str],
-    example: list[str],
+    make_job: MakeJob,
 ) -> None:
     if backend == "local":
         uri = str(tmp_path / "volume" / "tiny")
@@ -106,7 +106,7 @@ def test_damaged_committed_checkpoints_fall_back_to_previous(
         env = dict(s3_env)
     # Synchronous checkpoints every 3 steps: exactly steps 3, 6 and 9 get one.
     env.update({"SPOTRAIN_CHECKPOINT_EVERY_STEPS": "3", "SPOTRAIN_KEEP_LAST": "5", "SPOTRAIN_CHECKPOINT_ASYNC": "0"})
-    job = LocalJob(procs, tmp_path / "job", store_port=0, checkpoint_uri=uri, script=example, env=env)
+    job = make_job(standalone=True, checkpoint_uri=uri, env=env)
     done = job.run_single("first", ["--steps", "9"])
     assert done.returncode == 0, done.stdout.decode()[-3000:]
     assert storage.committed_steps() == [9, 6, 3]

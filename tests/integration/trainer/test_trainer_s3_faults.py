@@ -8,17 +8,20 @@ from __future__ import annotations
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from spotrain_dev.testing import wait_for
-from spotrain_dev.trainer_harness import FaultProxy, FaultRule, LocalJob, ProcessSet
+from spotrain_dev.trainer_harness import FaultProxy, FaultRule, ProcessSet
 from spotrain_trainer.checkpoint.commit import verify_local_files
 from spotrain_trainer.checkpoint.storage import S3Storage
 from spotrain_trainer.config import S3Settings
 from spotrain_trainer.constants import EXIT_NOTICE_CHECKPOINT_FAILED
 from spotrain_trainer.statefiles import read_json
+
+if TYPE_CHECKING:
+    from tests.integration.trainer.conftest import MakeJob
 
 # Few botocore attempts per request, so that faults in a row also exercise our own retries around them.
 FAST_RETRIES = {
@@ -36,13 +39,12 @@ def _proxy(moto_endpoint: str) -> FaultProxy:
 
 @pytest.mark.timeout(300)
 def test_transient_s3_faults_are_retried_and_every_checkpoint_is_intact(
-    procs: ProcessSet,
     tmp_path: Path,
     s3: Any,
     bucket: str,
     moto_endpoint: str,
     s3_env: dict[str, str],
-    example: list[str],
+    make_job: MakeJob,
 ) -> None:
     proxy = _proxy(moto_endpoint)
     proxy.add(FaultRule("slowdown", method="PUT", path=r"\.distcp", times=3))  # 3 in a row: beyond botocore
@@ -53,7 +55,7 @@ def test_transient_s3_faults_are_retried_and_every_checkpoint_is_intact(
     uri = f"s3://{bucket}/tiny"
     env = {**s3_env, **FAST_RETRIES, "SPOTRAIN_S3_ENDPOINT_URL": proxy.url, "SPOTRAIN_CHECKPOINT_EVERY_STEPS": "3"}
     env.update({"SPOTRAIN_KEEP_LAST": "10", "SPOTRAIN_CHECKPOINT_ASYNC": "0"})  # synchronous: one every 3 steps
-    job = LocalJob(procs, tmp_path / "job", store_port=0, checkpoint_uri=uri, script=example, env=env)
+    job = make_job(standalone=True, checkpoint_uri=uri, env=env)
     try:
         done = job.run_single("trainer", ["--steps", "12"])
     finally:
@@ -76,19 +78,18 @@ def test_transient_s3_faults_are_retried_and_every_checkpoint_is_intact(
 
 @pytest.mark.timeout(300)
 def test_s3_that_keeps_failing_surfaces_an_error(
-    procs: ProcessSet,
     tmp_path: Path,
     s3: Any,
     bucket: str,
     moto_endpoint: str,
     s3_env: dict[str, str],
-    example: list[str],
+    make_job: MakeJob,
 ) -> None:
     proxy = _proxy(moto_endpoint)
     proxy.add(FaultRule("500", method="PUT", path=r"/step-", times=None))  # every upload, forever
     uri = f"s3://{bucket}/tiny"
     env = {**s3_env, **FAST_RETRIES, "SPOTRAIN_S3_ENDPOINT_URL": proxy.url, "SPOTRAIN_CHECKPOINT_EVERY_STEPS": "2"}
-    job = LocalJob(procs, tmp_path / "job", store_port=0, checkpoint_uri=uri, script=example, env=env)
+    job = make_job(standalone=True, checkpoint_uri=uri, env=env)
     try:
         done = job.run_single("trainer", ["--steps", "60"], {"TINY_STEP_SLEEP": "0.05"})
     finally:
@@ -116,11 +117,12 @@ def test_checkpoint_on_notice_that_cannot_be_made_durable_exits_76(
     moto_endpoint: str,
     s3_env: dict[str, str],
     example: list[str],
+    make_job: MakeJob,
 ) -> None:
     proxy = _proxy(moto_endpoint)
     proxy.add(FaultRule("slowdown", method="PUT", path=r"/step-", times=None))
     uri = f"s3://{bucket}/tiny"
-    job = LocalJob(procs, tmp_path / "job", store_port=0, checkpoint_uri=uri, script=example, env=s3_env)
+    job = make_job(standalone=True, checkpoint_uri=uri, env=s3_env)
     pod_dir = tmp_path / "job" / "trainer"
     pod_dir.mkdir(parents=True)
     env = job.pod_env("trainer", pod_dir, 0)

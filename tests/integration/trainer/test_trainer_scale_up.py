@@ -5,12 +5,15 @@ SIGTERM to admit the node), the job re-forms at world size 2 and loads the world
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from spotrain_dev.testing import wait_for
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet
 from spotrain_trainer.checkpoint.storage import LocalStorage
+
+if TYPE_CHECKING:
+    from tests.integration.trainer.conftest import MakeJob
 
 STEPS = 30
 HOLD_AT = 6  # pod-a holds before step 6 (while the hold file exists) until torchrun stops it to admit pod-b
@@ -18,19 +21,20 @@ RTOL = 1e-4  # see test_trainer_sigterm.py: only float summation order differs b
 
 
 @pytest.mark.timeout(420)
-def test_new_agent_joins_fsdp_job_reshards_and_continues(
-    procs: ProcessSet, tmp_path: Path, store_port: int, example: list[str]
-) -> None:
+def test_new_agent_joins_fsdp_job_reshards_and_continues(tmp_path: Path, make_job: MakeJob) -> None:
     ckpt = tmp_path / "volume" / "tiny"
     hold = tmp_path / "hold"
     hold.touch()
     hold_file = ["--hold-file", str(hold)]
-    job = LocalJob(
-        procs,
-        tmp_path / "job",
-        store_port=store_port,
+    job = make_job(
+        "--steps",
+        str(STEPS),
+        "--parallel",
+        "fsdp",
+        "--hold-at-step",
+        str(HOLD_AT),
+        *hold_file,
         checkpoint_uri=str(ckpt),
-        script=[*example, "--steps", str(STEPS), "--parallel", "fsdp", "--hold-at-step", str(HOLD_AT), *hold_file],
         env={"TINY_STEP_SLEEP": "0.05"},
     )
     a = job.start_pod("pod-a")
@@ -66,7 +70,7 @@ def test_new_agent_joins_fsdp_job_reshards_and_continues(
         assert status["restored_step"] == joined_at
         assert status["world_size"] == 2
 
-    ref = LocalJob(procs, tmp_path / "reference", store_port=0, checkpoint_uri=str(tmp_path / "ref"), script=example)
+    ref = make_job(name="reference", standalone=True)
     done = ref.run_single("reference", ["--steps", str(STEPS), "--parallel", "fsdp"], {"TINY_STEP_SLEEP": "0"})
     assert done.returncode == 0, done.stdout.decode()[-3000:]
     reference = {r["step"]: float(r["loss"]) for r in ref.losses()}

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from spotrain_dev.testing import wait_for
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet
 from spotrain_trainer.statefiles import read_json
+
+if TYPE_CHECKING:
+    from tests.integration.trainer.conftest import MakeJob
 
 CRASHING = """
 import torch
@@ -31,19 +34,10 @@ def _status(job_pod_dir: Path) -> dict:
 
 
 @pytest.mark.timeout(300)
-def test_a_crashing_script_is_counted_at_every_restart(procs: ProcessSet, tmp_path: Path, store_port: int) -> None:
+def test_a_crashing_script_is_counted_at_every_restart(tmp_path: Path, make_job: MakeJob) -> None:
     script = tmp_path / "crashing.py"
     script.write_text(CRASHING)
-    job = LocalJob(
-        procs,
-        tmp_path / "job",
-        store_port=store_port,
-        checkpoint_uri=str(tmp_path / "ckpt"),
-        script=[str(script)],
-        env={"SPOTRAIN_MAX_RESTARTS": "2"},
-        min_nodes=1,
-        max_nodes=1,
-    )
+    job = make_job(script=[str(script)], env={"SPOTRAIN_MAX_RESTARTS": "2"}, min_nodes=1, max_nodes=1)
     pod = job.start_pod("pod-a")
     assert pod.proc is not None
     assert pod.proc.wait(timeout=240) != 0, "torchrun gives up once its restarts are spent"
@@ -53,19 +47,8 @@ def test_a_crashing_script_is_counted_at_every_restart(procs: ProcessSet, tmp_pa
 
 
 @pytest.mark.timeout(420)
-def test_a_dead_peer_is_not_the_survivors_failure(
-    procs: ProcessSet, tmp_path: Path, store_port: int, example: list[str]
-) -> None:
-    job = LocalJob(
-        procs,
-        tmp_path / "job",
-        store_port=store_port,
-        checkpoint_uri=str(tmp_path / "ckpt"),
-        script=[*example, "--steps", "400"],
-        env={"TINY_STEP_SLEEP": "0.1"},
-        min_nodes=1,
-        max_nodes=2,
-    )
+def test_a_dead_peer_is_not_the_survivors_failure(make_job: MakeJob) -> None:
+    job = make_job("--steps", "400", env={"TINY_STEP_SLEEP": "0.1"}, min_nodes=1, max_nodes=2)
     a = job.start_pod("pod-a")
     b = job.start_pod("pod-b")
     wait_for("3 steps at world 2", lambda: len([r for r in job.losses() if r["world_size"] == 2]) >= 3, timeout=240)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from spotrain_dev.testing import wait_for
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet
 from spotrain_trainer.checkpoint.storage import LocalStorage
 from spotrain_trainer.processes import pid_alive
+
+if TYPE_CHECKING:
+    from tests.integration.trainer.conftest import MakeJob
 
 STEPS = 26
 EVERY = 5  # regular checkpoints every 5 steps (SPOTRAIN_CHECKPOINT_EVERY_STEPS)
@@ -19,18 +22,18 @@ HOLD_AT = 13  # both ranks hold before step 13 until the test says go: the kill 
 
 
 @pytest.mark.timeout(420)
-def test_sigkill_without_notice_resumes_from_last_regular_checkpoint(
-    procs: ProcessSet, tmp_path: Path, store_port: int, example: list[str]
-) -> None:
+def test_sigkill_without_notice_resumes_from_last_regular_checkpoint(tmp_path: Path, make_job: MakeJob) -> None:
     ckpt = tmp_path / "shared-volume" / "tiny"
     hold = tmp_path / "hold"
     hold.touch()
-    job = LocalJob(
-        procs,
-        tmp_path / "job",
-        store_port=store_port,
+    job = make_job(
+        "--steps",
+        str(STEPS),
+        "--hold-at-step",
+        str(HOLD_AT),
+        "--hold-file",
+        str(hold),
         checkpoint_uri=f"file://{ckpt}",
-        script=[*example, "--steps", str(STEPS), "--hold-at-step", str(HOLD_AT), "--hold-file", str(hold)],
         env={"SPOTRAIN_CHECKPOINT_EVERY_STEPS": str(EVERY), "TINY_STEP_SLEEP": "0.1"},
     )
     storage = LocalStorage(ckpt)

@@ -6,15 +6,18 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from spotrain_dev.testing import wait_for
-from spotrain_dev.trainer_harness import LocalJob, ProcessSet
+from spotrain_dev.trainer_harness import ProcessSet
 from spotrain_trainer.checkpoint.commit import verify_local_files
 from spotrain_trainer.checkpoint.storage import S3Storage
 from spotrain_trainer.config import S3Settings
+
+if TYPE_CHECKING:
+    from tests.integration.trainer.conftest import MakeJob
 
 STEPS = 36
 
@@ -34,9 +37,8 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-def reference_losses(procs: ProcessSet, tmp_path: Path, example: list[str], steps: int) -> list[float]:
-    ref_ckpt = str(tmp_path / "ref-ckpt")
-    ref = LocalJob(procs, tmp_path / "reference", store_port=0, checkpoint_uri=ref_ckpt, script=example)
+def reference_losses(make_job: MakeJob, steps: int) -> list[float]:
+    ref = make_job(name="reference", standalone=True)
     done = ref.run_single("reference", ["--steps", str(steps)], {"TINY_STEP_SLEEP": "0"})
     assert done.returncode == 0, done.stdout.decode()[-4000:]
     losses = ref.losses()
@@ -48,21 +50,13 @@ def reference_losses(procs: ProcessSet, tmp_path: Path, example: list[str], step
 def test_sigterm_to_one_agent_checkpoints_durably_and_survivor_resumes(
     procs: ProcessSet,
     tmp_path: Path,
-    store_port: int,
     s3: Any,
     bucket: str,
     s3_env: dict[str, str],
-    example: list[str],
+    make_job: MakeJob,
 ) -> None:
     uri = f"s3://{bucket}/jobs/tiny"
-    job = LocalJob(
-        procs,
-        tmp_path / "job",
-        store_port=store_port,
-        checkpoint_uri=uri,
-        script=[*example, "--steps", str(STEPS)],
-        env={**s3_env, "TINY_STEP_SLEEP": "0.1"},
-    )
+    job = make_job("--steps", str(STEPS), checkpoint_uri=uri, env={**s3_env, "TINY_STEP_SLEEP": "0.1"})
     a = job.start_pod("pod-a")
     b = job.start_pod("pod-b")
     try:
@@ -115,7 +109,7 @@ def test_sigterm_to_one_agent_checkpoints_durably_and_survivor_resumes(
     assert (a.termination_log.read_text().strip()) and '"completed"' in a.termination_log.read_text()
     assert storage.read_completed() is not None
 
-    reference = reference_losses(procs, tmp_path, example, STEPS)
+    reference = reference_losses(make_job, STEPS)
     # The tolerance is meaningful: neighbouring steps of the reference differ far more than RTOL.
     assert min(_rel(reference[i], reference[i + 1]) for i in range(STEPS - 1)) > 10 * RTOL
     by_step = {r["step"]: float(r["loss"]) for r in losses}
