@@ -201,27 +201,20 @@ def commit_after(save: Callable[[str, dict[str, Any]], None], args: argparse.Nam
 def s3torchconnector_backend(args: argparse.Namespace, rank: int, world: int, group: Any, work: Path) -> Backend:
     import torch.distributed.checkpoint as dcp
     from s3torchconnector import S3ClientConfig
-    from s3torchconnector._s3client import S3Client
     from s3torchconnector.dcp import S3StorageReader, S3StorageWriter
 
-    # S3StorageWriter/Reader take a region but no endpoint (s3torchconnector 1.5, dcp/s3_file_system.py: the
-    # S3FileSystem builds S3Client(region, ...) itself); the client under it does take one, so it is replaced by
-    # one that points at the local server. Path-style addressing: the server is an IP and a port, not a domain.
+    # S3StorageWriter/Reader take a region but no endpoint (s3torchconnector 1.5, dcp/s3_file_system.py); the CRT
+    # client under them reads AWS_ENDPOINT_URL, which run_case sets. Path-style addressing: the server is an IP and
+    # a port, not a domain.
     config = S3ClientConfig(force_path_style=True)
-
-    def pointed(backend: Any) -> Any:
-        backend.fs._client = S3Client(REGION, endpoint=args.endpoint, s3client_config=config)
-        return backend
 
     def save(prefix: str, state: dict[str, Any]) -> None:
         uri = f"s3://{args.bucket}/{prefix}/step-1"
-        dcp.save(state, storage_writer=pointed(S3StorageWriter(REGION, uri, s3client_config=config)),
-                 process_group=group)
+        dcp.save(state, storage_writer=S3StorageWriter(REGION, uri, s3client_config=config), process_group=group)
 
     def load(prefix: str, target: dict[str, Any]) -> None:
         uri = f"s3://{args.bucket}/{prefix}/step-1"
-        dcp.load(target, storage_reader=pointed(S3StorageReader(REGION, uri, s3client_config=config)),
-                 process_group=group)
+        dcp.load(target, storage_reader=S3StorageReader(REGION, uri, s3client_config=config), process_group=group)
 
     return commit_after(save, args, rank, group), load
 
@@ -254,16 +247,16 @@ BACKEND_FACTORIES: dict[str, Callable[..., Backend]] = {
 
 
 # ------------------------------------------------------------------------------------------------- driver
-def run_case(procs: ProcessSet, root: Path, endpoint: str, bucket: str, backend: str, size_mb: int, world: int,
-             reps: int) -> dict[str, list[float]]:
+def run_case(procs: ProcessSet, root: Path, kind: str, endpoint: str, bucket: str, backend: str, size_mb: int,
+             world: int, reps: int) -> dict[str, list[float]]:
     work = root / f"w-{backend}-{size_mb}-{world}-{uuid.uuid4().hex[:6]}"
     port = free_port()
-    name = f"{backend}-{size_mb}-{world}"
+    name = f"{kind}-{backend}-{size_mb}-{world}"  # also the log's name: one per case
     prefix = f"{name}-{uuid.uuid4().hex[:6]}"  # one for all ranks: they write one checkpoint
     running = []
     for rank in range(world):
-        env = {**os.environ, **MOTO_ENV, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": LOOPBACK,
-               "MASTER_PORT": str(port), "AWS_ENDPOINT_URL": endpoint}
+        env = procs.env({**MOTO_ENV, "RANK": str(rank), "WORLD_SIZE": str(world), "MASTER_ADDR": LOOPBACK,
+                         "MASTER_PORT": str(port), "AWS_ENDPOINT_URL": endpoint})
         argv = [sys.executable, __file__, "--worker", "--backend", backend, "--size-mb", str(size_mb), "--reps",
                 str(reps), "--endpoint", endpoint, "--bucket", bucket, "--prefix", prefix,
                 "--work", str(work)]
@@ -311,7 +304,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for size in args.sizes_mb:
                     for world in args.worlds:
                         for backend in args.backends:
-                            samples = run_case(procs, root, endpoint, bucket, backend, size, world, args.reps)
+                            samples = run_case(procs, root, kind, endpoint, bucket, backend, size, world,
+                                               args.reps)
                             empty_bucket(client, bucket)
                             row = {"server": kind, "backend": backend, "size_mb": size, "world": world,
                                    "save_s": statistics.median(samples["save_s"]),
