@@ -58,14 +58,15 @@ RUN python -m venv --without-pip /opt/venv \
 
 FROM python-base AS trainer-venv
 # Where torch comes from; TORCH_SPEC must stay the trainer extra's torch requirement in pyproject.toml
-# (tests/unit/test_packaging.py checks that it does). With TORCH_INDEX_URL set, torch and the packages only it
+# (tests/unit/test_packaging.py checks that it does; pass e.g. TORCH_SPEC=torch==2.10.* for one build of the
+# supported range). With TORCH_INDEX_URL set, torch and the packages only it
 # needs (its CUDA libraries, triton, sympy, ...) come from that index, unhashed: its builds (+cpu, +cu128) are
 # other files than the PyPI wheels whose hashes uv.lock holds, so no locked hash could match them. Everything
 # else still comes from the lock with hashes checked (requirements/trainer-without-torch.txt, the trainer export
 # with torch's dependency tree pruned); the --no-index install of the wheel then confirms that the torch it
 # got satisfies the trainer extra.
 ARG TORCH_INDEX_URL=""
-ARG TORCH_SPEC="torch==2.13.*"
+ARG TORCH_SPEC="torch>=2.9,<3"
 COPY requirements/trainer.txt requirements/trainer-without-torch.txt /requirements/
 COPY --from=wheel /wheels /wheels
 RUN python -m venv --without-pip /opt/venv \

@@ -31,7 +31,8 @@ from spotrain_dev.nodes import NodeSimulator
 from spotrain_dev.processes import die_with_parent, free_port
 from spotrain_operator import wellknown as wk
 from spotrain_operator.core.pods import CONTROL_TOKEN_KEY, JobRef
-from spotrain_protocol import CONTROL_PORT, CheckpointRequest, InvalidMessage, TrainerStatus
+from spotrain_protocol import CONTROL_PORT, CheckpointRequest, InvalidMessage, RendezvousMove, TrainerStatus
+from spotrain_protocol.constants import RENDEZVOUS_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_LABEL = "test.spotrain.dev/namespace"
@@ -220,14 +221,16 @@ class Harness:
 class FakeTrainerEndpoints:
     """Stand-ins for the workers' control endpoints, bound on the KWOK pod IPs (loopback), for operator tests
     and benchmarks that need the checkpoint protocol but not torch: a POSTed request becomes durable after
-    ``delay`` seconds. Every worker in the harness's namespace gets one, except the pods listed in
-    ``unreachable``. ``serving`` names the pods with an endpoint; ``requests`` holds what each pod was asked."""
+    ``delay`` seconds, and a rendezvous move (POST /rendezvous) is reported as re-joined ``delay`` seconds after it.
+    Every worker in the harness's namespace gets one, except the pods listed in ``unreachable``. ``serving`` names
+    the pods with an endpoint; ``requests`` and ``moves`` hold what each pod was asked."""
 
     def __init__(self, harness: Harness, delay: float = 0.0, port: int = CONTROL_PORT):
         self.harness = harness
         self.delay, self.port = delay, port
         self.unreachable: set[str] = set()
         self.requests: dict[str, list[dict[str, Any]]] = {}
+        self.moves: dict[str, list[dict[str, Any]]] = {}
         self.serving: set[str] = set()
         self.errors: list[str] = []  # endpoints that could not be bound
         self._pod_at: dict[str, str] = {}  # IP -> the pod that has it now (KWOK reuses IPs)
@@ -281,13 +284,20 @@ class FakeTrainerEndpoints:
                 return fake.requests.setdefault(fake._pod_at[ip], [])
 
             def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
                 try:
-                    request = CheckpointRequest.from_body(self.rfile.read(int(self.headers["Content-Length"])))
+                    if self.path == RENDEZVOUS_PATH:
+                        move = RendezvousMove.from_body(body)
+                        moves = fake.moves.setdefault(fake._pod_at[ip], [])
+                        if not moves or moves[-1]["id"] != move.id:  # a move told again is the same move
+                            moves.append({**move.to_json(), "at": time.monotonic()})
+                    else:
+                        request = CheckpointRequest.from_body(body)
+                        self.received().append({**request.to_json(), "at": time.monotonic()})
                 except InvalidMessage:
                     self.send_response(400)
                     self.end_headers()
                     return
-                self.received().append({**request.to_json(), "at": time.monotonic()})
                 self.send_response(202)
                 self.end_headers()
 
@@ -302,6 +312,9 @@ class FakeTrainerEndpoints:
                                      handled_request_id=handled)
                 elif received:
                     status = replace(status, pending_request_id=received[-1]["id"])
+                moved = fake.moves.get(fake._pod_at[ip])
+                if moved and time.monotonic() - moved[-1]["at"] >= fake.delay:
+                    status = replace(status, rendezvous_id=moved[-1]["id"])
                 payload = json.dumps(status.to_json()).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

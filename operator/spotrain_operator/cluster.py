@@ -119,6 +119,13 @@ class Cluster:
             if e.status != 404:
                 raise
 
+    def label_pod(self, namespace: str, name: str, labels: dict[str, str]) -> None:
+        try:
+            _drop(self.core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": labels}}, **RAW))
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
     def evict_pod(self, namespace: str, name: str, grace_seconds: int) -> None:
         body = client.V1Eviction(
             metadata=client.V1ObjectMeta(name=name, namespace=namespace),

@@ -17,8 +17,8 @@ from collections.abc import Iterable
 
 import aiohttp
 
-from spotrain_protocol import CheckpointRequest, TrainerStatus, parse_status
-from spotrain_protocol.constants import CHECKPOINT_PATH, STATUS_PATH, authorization
+from spotrain_protocol import CheckpointRequest, RendezvousMove, TrainerStatus, parse_status
+from spotrain_protocol.constants import CHECKPOINT_PATH, RENDEZVOUS_PATH, STATUS_PATH, authorization
 
 log = logging.getLogger("spotrain.trainer_client")
 TIMEOUT = aiohttp.ClientTimeout(total=2.0, connect=1.0)
@@ -94,6 +94,23 @@ class TrainerClient:
         issued_at = _now()
         results = await asyncio.gather(*(self.request_checkpoint(ip, request_id, reason, deadline, token, issued_at)
                                          for _, ip in pairs))
+        return {name: ok for (name, _), ok in zip(pairs, results, strict=True)}
+
+
+    async def _move_rendezvous(self, ip: str, move: RendezvousMove, token: str | None) -> bool:
+        try:
+            async with self._http().post(f"http://{ip}:{self.port}{RENDEZVOUS_PATH}", json=move.to_json(),
+                                         headers=authorization(token)) as response:
+                self._note_refusal(ip, response.status)
+                return response.status in (200, 202)
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def move_rendezvous(self, pods: Iterable[tuple[str, str]], move: RendezvousMove,
+                              token: str | None = None) -> dict[str, bool]:
+        """Tells every pod where the rendezvous store moved (their agents re-join there)."""
+        pairs = list(pods)
+        results = await asyncio.gather(*(self._move_rendezvous(ip, move, token) for _, ip in pairs))
         return {name: ok for (name, _), ok in zip(pairs, results, strict=True)}
 
 

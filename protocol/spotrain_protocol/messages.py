@@ -105,8 +105,10 @@ class RendezvousMove:
         if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_REQUEST_ID:
             raise InvalidMessage(f"id must be a non-empty string (at most {MAX_REQUEST_ID} characters)")
         endpoint = obj.get("endpoint")
-        host, sep, port = endpoint.rpartition(":") if isinstance(endpoint, str) else ("", "", "")
-        if not (sep and host.strip() and port.isdigit() and 0 < int(port) < 65536) or len(endpoint) > 512:
+        if not isinstance(endpoint, str) or len(endpoint) > 512:
+            raise InvalidMessage("endpoint must be a host:port string")
+        host, sep, port = endpoint.rpartition(":")
+        if not (sep and host.strip() and port.isdigit() and 0 < int(port) < 65536):
             raise InvalidMessage("endpoint must be host:port with a port from 1 to 65535")
         round_ = obj.get("round")
         if not isinstance(round_, int) or isinstance(round_, bool) or round_ < 1:

@@ -38,7 +38,7 @@ from spotrain_operator.core.provisioning import PROBE_ROLE
 from spotrain_operator.core.reconcile import Decision, Observed, decide
 from spotrain_operator.core.termination import node_notice
 from spotrain_operator.trainer_client import TrainerClient
-from spotrain_protocol import CONTROL_PORT, TrainerStatus
+from spotrain_protocol import CONTROL_PORT, RendezvousMove, TrainerStatus
 
 log = logging.getLogger("spotrain.jobs")
 REPORTER = "spotrain-operator"
@@ -269,9 +269,9 @@ def _log_decision(namespace: str, name: str, decision: Decision) -> None:
 
 async def _probe_trainers(rt: Runtime, key: tuple[str, str], status: JobStatus,
                           pods: list[PodView], token: str | None) -> dict[str, TrainerStatus | None]:
-    """Control endpoints are read while a drain waits on its checkpoint, and otherwise now and then for the
-    last checkpoint shown in status."""
-    draining = bool(status.drains)
+    """Control endpoints are read while a drain waits on its checkpoint or a store move on the workers re-joining,
+    and otherwise now and then for the last checkpoint shown in status."""
+    draining = bool(status.drains or status.moving_from)
     due = time.monotonic() - rt.last_trainer_poll.get(key, 0.0) >= TRAINER_POLL_SECONDS
     if not (draining or due):
         return {}
@@ -350,6 +350,14 @@ async def apply(rt: Runtime, job: dict[str, Any], decision: Decision, observed: 
                         metrics.record_drain(namespace, name, outcome, (observed.now - requested_at).total_seconds())
                 case act.RequestCheckpoint():
                     pass  # sent first, above
+                case act.MoveRendezvous(rendezvous_id, endpoint, round_, pod_ips):
+                    move = RendezvousMove(id=rendezvous_id, endpoint=endpoint, round=round_)
+                    results = await rt.trainers.move_rendezvous(pod_ips, move, observed.job.control_token)
+                    if failed := sorted(p for p, ok in results.items() if not ok):
+                        log.warning("rendezvous move to round %d not accepted by %s", round_, ", ".join(failed))
+                    rt.last_trainer_poll.pop((namespace, name), None)  # see soon that they re-joined
+                case act.LabelPod(pod, labels):
+                    await asyncio.to_thread(cluster.label_pod, namespace, pod, dict(labels))
                 case act.MarkNodeDrained(node):
                     await _mark_drained(cluster, node)
                 case act.DeleteJob():

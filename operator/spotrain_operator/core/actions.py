@@ -45,6 +45,25 @@ class RequestCheckpoint:
 
 
 @dataclass(frozen=True)
+class MoveRendezvous:
+    """Tells workers that the rendezvous store moved (spotrain_protocol.RendezvousMove): their agents re-join the
+    new store's round in the same pods."""
+
+    rendezvous_id: str
+    endpoint: str
+    round: int
+    pod_ips: tuple[tuple[str, str], ...]  # (pod name, pod IP)
+
+
+@dataclass(frozen=True)
+class LabelPod:
+    """Sets labels on a pod (a worker that re-joined a moved store takes the new round's label)."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
 class MarkNodeDrained:
     node: str
 
@@ -61,4 +80,5 @@ class Event:
     message: str
 
 
-Action = CreatePod | EnsureObject | DeletePod | EvictPod | RequestCheckpoint | MarkNodeDrained | DeleteJob | Event
+Action = (CreatePod | EnsureObject | DeletePod | EvictPod | RequestCheckpoint | MoveRendezvous | LabelPod
+          | MarkNodeDrained | DeleteJob | Event)

@@ -232,6 +232,10 @@ class JobStatus:
     round: int = 0
     rendezvous_endpoint: str = ""
     rendezvous_id: str = ""
+    # A planned store move in progress: the round whose workers re-join the new store in their own pods, and since
+    # when (0 / None: none).
+    moving_from: int = 0
+    move_started: datetime.datetime | None = None
     serial: int = 0
     preemptions: int = 0
     failures: int = 0
@@ -270,6 +274,8 @@ class JobStatus:
             round=_int(rendezvous.get("round")),
             rendezvous_endpoint=str(rendezvous.get("endpoint", "")),
             rendezvous_id=str(rendezvous.get("id", "")),
+            moving_from=_int(rendezvous.get("movingFrom")),
+            move_started=parse_time(rendezvous.get("moveStarted")),
             serial=_int(status.get("podSerial")),
             preemptions=_int(status.get("preemptions")),
             failures=_int(status.get("failures")),
@@ -312,7 +318,9 @@ class JobStatus:
             "lostSteps": self.lost_steps,
             "podSerial": self.serial,
             "accountedPods": list(self.accounted),
-            "rendezvous": {"endpoint": self.rendezvous_endpoint, "id": self.rendezvous_id, "round": self.round},
+            "rendezvous": {"endpoint": self.rendezvous_endpoint, "id": self.rendezvous_id, "round": self.round,
+                           **({"movingFrom": self.moving_from, "moveStarted": format_time(self.move_started)}
+                              if self.moving_from and self.move_started else {})},
             "cooldowns": {k: format_time(v) for k, v in sorted(self.cooldowns.items())},
             "drains": {n: d.to_body() for n, d in sorted(self.drains.items())},
             "cost": dict(self.cost),

@@ -30,7 +30,7 @@ from spotrain_operator.core.pods import (
 )
 from spotrain_operator.core.provisioning import PROBE_ROLE, render_probe, render_rendezvous_pdb
 from spotrain_operator.core.termination import TerminationNotice, node_notice, pod_notice
-from spotrain_operator.wellknown import ROLE_LABEL
+from spotrain_operator.wellknown import ROLE_LABEL, ROUND_LABEL
 from spotrain_protocol import TrainerStatus
 
 ACCOUNTED_KEPT = 100
@@ -38,6 +38,10 @@ TERMINAL = ("Succeeded", "Failed")
 # A rendezvous store whose node is cordoned, or whose pool left the spec, moves without a cloud deadline: this bounds
 # how long the move waits for the workers' checkpoint before it goes ahead anyway.
 STORE_MOVE_DEADLINE = datetime.timedelta(minutes=5)
+# How long the workers of a moved store have to re-join the new one in their own pods (their agents restart the
+# worker processes, which take their SIGTERM checkpoint, and join): past it, the ones still on the old round are
+# replaced by new pods, as after a store lost without notice.
+REJOIN_TIMEOUT = datetime.timedelta(minutes=3)
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,9 @@ class Decision:
 
     @property
     def draining(self) -> bool:
-        """A drain waits on the workers' checkpoint, which no Kubernetes event announces: the shell polls closely."""
-        return bool(self.status.get("drains"))
+        """A drain waits on the workers' checkpoint, and a store move on the workers re-joining, which no Kubernetes
+        event announces: the shell polls closely."""
+        return bool(self.status.get("drains") or (self.status.get("rendezvous") or {}).get("movingFrom"))
 
 
 def _set_condition(conditions: list[dict[str, Any]], type_: str, status: bool, reason: str, message: str,
@@ -106,6 +111,8 @@ class _Reconcile:
         self.actions: list[act.Action] = []
         s = o.status
         self.round = s.round
+        self.moving_from = s.moving_from
+        self.move_started = s.move_started
         self.serial = s.serial
         self.preemptions = s.preemptions
         self.failures = s.failures
@@ -154,7 +161,13 @@ class _Reconcile:
         return [p for p in self.o.pods if p.role == "worker"]
 
     def live_workers(self) -> list[PodView]:
-        return [w for w in self.workers() if w.active and w.name not in self.removed and w.round == self.round]
+        """The job's workers: those of the current round, and those re-joining it after a planned store move."""
+        return [w for w in self.workers() if w.active and w.name not in self.removed
+                and w.round in (self.round, self.moving_from or self.round)]
+
+    def rejoining_workers(self) -> list[PodView]:
+        """Workers of the round a planned store move left, not yet on the new store."""
+        return [w for w in self.live_workers() if self.moving_from and w.round == self.moving_from]
 
     def current_store(self) -> PodView | None:
         return next((p for p in self.o.pods if p.role == "rendezvous" and p.round == self.round and self.round > 0
@@ -366,13 +379,17 @@ class _Reconcile:
         stores = [p for p in self.o.pods if p.role == "rendezvous"]
         previous = self.current_store()
         if self.round == 0 or previous is None or self.store_move:
-            if self.store_move and previous is not None:
+            planned = bool(self.store_move and previous is not None)
+            if planned and previous is not None:
                 self.event("RendezvousMoved", f"rendezvous store {previous.name} leaves node {previous.node} "
-                           f"({self.store_move}); round {self.round + 1} starts on a new store and the workers "
-                           "rejoin from the checkpoint just taken")
+                           f"({self.store_move}); round {self.round + 1} starts on a new store, and the workers "
+                           "re-join it in their own pods once it runs")
             elif self.round > 0:
                 self.event("RendezvousLost", f"rendezvous store of round {self.round} was lost without notice; "
                            f"starting round {self.round + 1}; {self._steps_lost_text()}", warning=True)
+            # Only a planned move keeps the workers: their agents are told where the new store is. Without notice
+            # the old round's agents have lost their store, and its workers restart in the new round as new pods.
+            self.moving_from, self.move_started = (self.round, self.now) if planned else (0, None)
             self.round += 1
             zone = self._rendezvous_zone(avoid=previous.zone if previous else None)
             self.actions.append(act.EnsureObject(render_rendezvous_service(self.o.job, self.spec, self.round)))
@@ -380,7 +397,9 @@ class _Reconcile:
             if self.o.job.control_token:  # the workers' control token (pods.render_control_secret)
                 self.actions.append(act.EnsureObject(render_control_secret(self.o.job)))
             self.actions.append(act.CreatePod(render_rendezvous(self.o.job, self.spec, zone, self.round)))
-        formed = len([w for w in self.live_workers() if w.ready and w.phase == "Running"]) >= self.spec.min_nodes
+        self._rejoin()
+        on_new_store = [w for w in self.live_workers() if w.round == self.round and w.ready and w.phase == "Running"]
+        formed = len(on_new_store) >= self.spec.min_nodes and not self.rejoining_workers()
         for p in stores:
             if p.round == self.round or not p.active or p.name in self.removed:
                 continue
@@ -390,9 +409,36 @@ class _Reconcile:
             if formed or not old_round_running or not self._node_ok(p):
                 self.remove(p, "old rendezvous round", grace=0)
         for w in self.workers():
-            if w.round != self.round and w.active:
+            if w.round != self.round and w.active and w not in self.rejoining_workers():
                 # An agent cannot join a store it has never seen: old-round workers restart in the new round.
                 self.remove(w, f"rendezvous round {self.round} started")
+
+    def _rejoin(self) -> None:
+        """A planned store move: once the new store runs, every worker of the old round is told where it is (again
+        each pass until its trainer reports the new round); one that reports it takes the new round's label. A
+        worker whose endpoint cannot be reached, or that has not re-joined within REJOIN_TIMEOUT, is replaced."""
+        rejoining = self.rejoining_workers()
+        if not rejoining:
+            self.moving_from, self.move_started = 0, None
+            return
+        store = self.current_store()
+        if store is None or store.phase != "Running" or not store.ready or not store.ip:
+            return  # ready: its TCP readiness probe passed, the store listens
+        rendezvous_id = self.o.job.rendezvous_id(self.round)
+        overdue = self.move_started is not None and self.now >= self.move_started + REJOIN_TIMEOUT
+        told = []
+        for w in rejoining:
+            trainer = self.o.trainers.get(w.name)
+            if trainer is not None and trainer.rendezvous_id == rendezvous_id:
+                self.actions.append(act.LabelPod(w.name, ((ROUND_LABEL, str(self.round)),)))
+            elif (w.name in self.o.trainers and trainer is None) or overdue or not w.ip:
+                why = "has not re-joined in time" if overdue else "cannot be told where the store is"
+                self.remove(w, f"rendezvous round {self.round} started; the worker {why}")
+            else:
+                told.append((w.name, w.ip or ""))
+        if told:
+            self.actions.append(act.MoveRendezvous(rendezvous_id, f"{store.ip}:{self.spec.rendezvous_port}",
+                                                   self.round, tuple(told)))
 
     def _steps_lost_text(self) -> str:
         kept = self.last_checkpoint.get("step")
@@ -790,6 +836,8 @@ class _Reconcile:
             observed_generation=self.o.generation,
             conditions=tuple(self.conditions),
             round=self.round,
+            moving_from=self.moving_from,
+            move_started=self.move_started,
             rendezvous_endpoint=self.o.job.rendezvous_endpoint(self.spec.rendezvous_port),
             rendezvous_id=self.o.job.rendezvous_id(self.round),
             serial=self.serial,

@@ -174,6 +174,7 @@ class Simulation:
         self.accounted_to = 0.0
         self.breakdown: dict[str, float] = {}  # paid node-seconds by what they were spent on
         self.restarts: Counter[str] = Counter()  # worker group restarts by cause
+        self.rendezvous_id: str | None = None  # where the agents were last told the store is (a planned move)
 
     # -- the event queue ------------------------------------------------------------------------------------
 
@@ -397,7 +398,9 @@ class Simulation:
                                checkpoint_step=int(self.committed // self.step_node_s),
                                checkpoint_time=format_time(self.now(self.t)), checkpoint_uri="s3://simulated/job",
                                checkpoint_request_id=self.handled_request, handled_request_id=self.handled_request,
-                               pending_request_id=self.pending_request)
+                               pending_request_id=self.pending_request,
+                               # the group trains on the store it was last told of once it has re-formed there
+                               rendezvous_id=self.rendezvous_id if self.state == "training" else None)
         out: dict[str, TrainerStatus | None] = {}
         for name, pod in self.pods.items():
             if pod.role == "worker" and pod.running and name in self.pod_bodies:
@@ -414,7 +417,7 @@ class Simulation:
         observed = Observed(JOB, 1, self.spec, status, list(self.pod_views.values()), dict(self.node_views),
                             self.now(self.t), self._trainer_statuses() if self.draining else {})
         decision = decide(observed)
-        self.draining = bool(decision.status.get("drains"))  # as the operator decides to poll closely
+        self.draining = decision.draining  # as the operator decides to poll closely
         self.status_body = decision.status
         for action in decision.actions:
             self._apply(action)
@@ -429,6 +432,18 @@ class Simulation:
             self.events["CheckpointRequested"] += 1
             deadline = (parse_time(action.deadline) or EPOCH) - EPOCH
             self._checkpoint_request(action.request_id, deadline.total_seconds())
+        elif isinstance(action, act.MoveRendezvous):
+            # The agents re-join the moved store in their pods: a restart of the group, as for a join.
+            if action.rendezvous_id != self.rendezvous_id:
+                self.rendezvous_id = action.rendezvous_id
+                if self.state == "training":
+                    self.restarts["store_move"] += 1
+                    self._stop_group(departed=False)
+        elif isinstance(action, act.LabelPod):
+            body = self.pod_bodies[action.name]
+            meta = body["metadata"]
+            self._set_pod(action.name, {**body, "metadata": {**meta, "labels": {**meta["labels"],
+                                                                                **dict(action.labels)}}})
         elif isinstance(action, act.Event):
             self.events[action.reason] += 1
 

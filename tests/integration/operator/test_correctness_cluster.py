@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -111,40 +112,46 @@ def test_creates_the_api_refuses_are_reported_on_the_job(harness: Harness) -> No
     assert len(harness.events("ReconcileError")) >= 1
 
 
+def _same_workers_move_the_store(harness: Harness, trainers: FakeTrainerEndpoints,
+                                 disturb: Callable[[str], object]) -> None:
+    """The store's node is disturbed (a notice, a cordon): a new store starts on another node, the same worker pods
+    re-join it (told through POST /rendezvous, relabelled to round 2 once their trainers report the new round), and
+    the old store goes once they have. Nothing is preempted, replaced or failed."""
+    _start(harness)
+    wait_for("endpoints up", lambda: len(trainers.serving) == 2)
+    (old_store,) = harness.pods("rendezvous")
+    store_node = old_store.spec.node_name
+    workers_before = {p.metadata.name: p.metadata.uid for p in harness.running_workers()}
+    disturb(store_node)
+    wait_for("checkpoint requested from every worker", lambda: all(trainers.requests.get(w) for w in workers_before))
+    wait_for("round 2", lambda: harness.status().get("rendezvous", {}).get("round") == 2)
+    new_store = wait_for("new store running elsewhere", lambda: [
+        p for p in harness.pods("rendezvous") if p.metadata.name != old_store.metadata.name
+        and p.status.phase == "Running" and p.spec.node_name and p.spec.node_name != store_node])
+    new_ip = new_store[0].status.pod_ip
+    moves = wait_for("every worker told where the store went", lambda: all(
+        trainers.moves.get(w) for w in workers_before) and trainers.moves)
+    assert {m[-1]["endpoint"] for m in moves.values()} == {f"{new_ip}:29400"}
+    wait_for("the same workers in round 2", lambda: {
+        p.metadata.name: p.metadata.uid for p in harness.running_workers()
+        if p.metadata.labels[wk.ROUND_LABEL] == "2"} == workers_before)
+    wait_for("old store gone", lambda: harness.gone(old_store.metadata.name), timeout=120)
+    wait_for("move over", lambda: "movingFrom" not in harness.status().get("rendezvous", {}))
+    status = harness.status()
+    assert status["readyWorkers"] == 2 and status["preemptions"] == 0 and status["failures"] == 0
+    assert {p.metadata.name for p in harness.pods("worker")} == set(workers_before), "no worker was replaced"
+    assert harness.events("RendezvousMoved") and not harness.events("RendezvousLost")
+
+
 def test_a_notice_on_the_store_node_moves_the_store_before_the_node_goes(harness: Harness) -> None:
     with FakeTrainerEndpoints(harness, delay=1.0) as trainers:
-        _start(harness)
-        wait_for("endpoints up", lambda: len(trainers.serving) == 2)
-        (old_store,) = harness.pods("rendezvous")
-        store_node = old_store.spec.node_name
-        workers_before = {p.metadata.name for p in harness.running_workers()}
-        harness.nodes.signal(store_node, "karpenter")
-        wait_for("checkpoint requested from every worker", lambda: all(trainers.requests.get(w)
-                                                                       for w in workers_before))
-        status = wait_for("round 2", lambda: (s := harness.status()).get("rendezvous", {}).get("round") == 2 and s)
-        new_store = wait_for("new store running elsewhere", lambda: [
-            p for p in harness.pods("rendezvous") if p.metadata.name != old_store.metadata.name
-            and p.status.phase == "Running" and p.spec.node_name and p.spec.node_name != store_node])
-        assert new_store
-        wait_for("workers of round 2 running", lambda: harness.status().get("readyWorkers") == 2
-                 and all(p.metadata.labels[wk.ROUND_LABEL] == "2" for p in harness.running_workers()))
-        wait_for("old store gone", lambda: harness.gone(old_store.metadata.name))
-        status = harness.status()
-        assert status["preemptions"] == 0 and status["failures"] == 0
-        assert harness.events("RendezvousMoved") and not harness.events("RendezvousLost")
+        _same_workers_move_the_store(harness, trainers, lambda node: harness.nodes.signal(node, "karpenter"))
 
 
 def test_a_cordoned_store_node_moves_the_store(harness: Harness) -> None:
     with FakeTrainerEndpoints(harness, delay=1.0) as trainers:
-        _start(harness)
-        wait_for("endpoints up", lambda: len(trainers.serving) == 2)
-        (old_store,) = harness.pods("rendezvous")
-        harness.core.patch_node(old_store.spec.node_name, {"spec": {"unschedulable": True}})
-        wait_for("round 2", lambda: harness.status().get("rendezvous", {}).get("round") == 2)
-        wait_for("old store gone", lambda: harness.gone(old_store.metadata.name), timeout=120)
-        wait_for("2 workers again", lambda: harness.status().get("readyWorkers") == 2)
-        (store,) = [p for p in harness.pods("rendezvous") if not p.metadata.deletion_timestamp]
-        assert store.spec.node_name != old_store.spec.node_name
+        _same_workers_move_the_store(
+            harness, trainers, lambda node: harness.core.patch_node(node, {"spec": {"unschedulable": True}}))
 
 
 def test_every_job_comes_back_after_a_zone_loss(harness: Harness) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from spotrain_dev.corekit import NOW, QUICKSTART, base_nodes, created, node, observe, spec, store, worker
+from spotrain_dev.corekit import JOB, NOW, QUICKSTART, base_nodes, created, node, observe, spec, store, worker
 from spotrain_operator import wellknown as wk
 from spotrain_operator.api import SpecError, parse_spec
 from spotrain_operator.core import actions as act
@@ -289,12 +289,55 @@ def test_a_notice_on_the_store_node_checkpoints_then_moves_the_store_to_another_
     assert new_store["spec"]["nodeSelector"][wk.ZONE] == "us-east-1b"
     assert events(moved, "RendezvousMoved") and not of(moved, act.EvictPod), "healthy workers are not evicted"
     assert moved.status["preemptions"] == 0 and moved.status["failures"] == 0
-    # The old store stays until the new round has formed, then goes.
-    assert not [a for a in of(moved, act.DeletePod) if a.name == "job-rdzv-g1"]
-    new_round = [store("od-a"), store("od-b", round_=2),
-                 *(worker(f"n{i}", "spot-cpu", z, f"s-{z}", serial=10 + i, round_=2) for i, z in enumerate("abc"))]
-    formed = decide(observe(s, new_round, nodes, JobStatus.from_body(moved.status), NOW + 20 * SECOND))
-    assert act.DeletePod("job-rdzv-g1", "old rendezvous round", 0) in formed.actions
+    # The same workers re-join the new store in their own pods: nothing is deleted or created for them.
+    assert not of(moved, act.DeletePod) and not created(moved) and not of(moved, act.MoveRendezvous)
+    assert moved.status["rendezvous"]["movingFrom"] == 1 and moved.draining
+    new_store = replace(store("od-b", round_=2), ip="127.16.9.1")
+    both = [*pods, new_store]
+    told = decide(observe(s, both, nodes, JobStatus.from_body(moved.status), NOW + 5 * SECOND, durable))
+    (move,) = of(told, act.MoveRendezvous)
+    assert move.endpoint == "127.16.9.1:29400" and move.round == 2 and move.rendezvous_id == JOB.rendezvous_id(2)
+    assert sorted(n for n, _ in move.pod_ips) == ["w0", "w1", "w2"]
+    assert not of(told, act.DeletePod) and not created(told) and told.status["desiredWorkers"] == 3
+    # Two have re-joined (their trainers report the new rendezvous): they take the new round's label; the third is
+    # told again; the old store stays until the last one has re-joined.
+    rejoined = {**durable, "w0": TrainerStatus(step=10, rendezvous_id=move.rendezvous_id),
+                "w1": TrainerStatus(step=10, rendezvous_id=move.rendezvous_id)}
+    partly = decide(observe(s, both, nodes, JobStatus.from_body(told.status), NOW + 9 * SECOND, rejoined))
+    assert sorted(a.name for a in of(partly, act.LabelPod)) == ["w0", "w1"]
+    assert act.LabelPod("w0", ((wk.ROUND_LABEL, "2"),)) in partly.actions
+    assert [n for n, _ in of(partly, act.MoveRendezvous)[0].pod_ips] == ["w2"]
+    assert not of(partly, act.DeletePod) and not created(partly)
+    relabelled = [*(replace(w, round=2) for w in pods if w.role == "worker"), store("od-a"), new_store]
+    formed = decide(observe(s, relabelled, nodes, JobStatus.from_body(partly.status), NOW + 20 * SECOND))
+    assert [a for a in of(formed, act.DeletePod)] == [act.DeletePod("job-rdzv-g1", "old rendezvous round", 0)]
+    assert "movingFrom" not in formed.status["rendezvous"] and not created(formed)
+    assert formed.status["preemptions"] == 0 and formed.status["failures"] == 0
+
+
+def test_a_worker_that_cannot_rejoin_the_moved_store_is_replaced() -> None:
+    s = spec(elastic__maxNodes=3)
+    nodes = [*base_nodes(), node("od-b", "on-demand", "us-east-1b")]
+    moving = JobStatus(round=2, serial=10, moving_from=1, move_started=NOW)
+    pods = [*(p for p in three_workers() if p.role == "worker"), store("od-a"),
+            replace(store("od-b", round_=2), ip="127.16.9.1")]
+    # w0's endpoint is unreachable: it cannot be told where the store went, so it is replaced; the others are told.
+    d = decide(observe(s, pods, nodes, moving, NOW + SECOND, {"w0": None, "w1": TrainerStatus(step=3)}))
+    assert [a.name for a in of(d, act.DeletePod)] == ["w0"]
+    assert sorted(n for n, _ in of(d, act.MoveRendezvous)[0].pod_ips) == ["w1", "w2"]
+    # Past the re-join timeout, the ones still on the old round are replaced as after a lost store.
+    late = decide(observe(s, pods, nodes, moving, NOW + 4 * 60 * SECOND, {"w1": TrainerStatus(step=3)}))
+    assert sorted(a.name for a in of(late, act.DeletePod)) == ["w0", "w1", "w2"] and not of(late, act.MoveRendezvous)
+
+
+def test_a_store_lost_during_a_move_replaces_the_workers() -> None:
+    s = spec(elastic__maxNodes=3)
+    moving = JobStatus(round=2, serial=10, moving_from=1, move_started=NOW)
+    pods = [*(p for p in three_workers() if p.role == "worker")]  # neither store is left
+    d = decide(observe(s, pods, base_nodes(), moving, NOW + SECOND))
+    assert events(d, "RendezvousLost") and d.status["rendezvous"]["round"] == 3
+    assert sorted(a.name for a in of(d, act.DeletePod)) == ["w0", "w1", "w2"]
+    assert "movingFrom" not in d.status["rendezvous"]
 
 
 def test_a_cordoned_store_node_moves_the_store_too() -> None:

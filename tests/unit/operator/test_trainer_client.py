@@ -69,7 +69,8 @@ def test_wrong_types_are_dropped_field_by_field() -> None:
                              "extra": "x" * 1000})
     assert clean == {"step": None, "completed": None, "handled_request_id": None,
                      "last_checkpoint": {"step": None, "time": None, "uri": "s3://b/k", "request_id": None},
-                     "checkpoint_request": {"id": "r2"}, "script_failures": None, "error": None}
+                     "checkpoint_request": {"id": "r2"}, "script_failures": None, "error": None,
+                     "rendezvous_id": None}
     assert sanitize_status({"step": 2**70})["step"] is None  # type: ignore[index]
     assert sanitize_status({"last_checkpoint": {"uri": "x" * 100_000}})["last_checkpoint"]["uri"] is None  # type: ignore[index]
 

@@ -142,3 +142,17 @@ def test_comparison_reports_ratios_against_on_demand() -> None:
     document = c.to_json()
     assert document["policies"]["spotrain"]["goodput"] == spotrain["goodput"]
     assert document["costs"]["rescale_s"] == pytest.approx(dataclasses.replace(Costs()).rescale_s, abs=1e-3)
+
+
+def test_a_notice_on_the_store_node_moves_the_store_and_keeps_the_workers() -> None:
+    """The on-demand zone that holds the store is reclaimed with notice: the store moves (the workers re-join it in
+    their pods, one restart of the group), and nothing is rolled back."""
+    od = MARKET.on_demand_pool
+    zone = sorted(MARKET.zones)[0]  # the store's zone: every zone has as many stable nodes, the first one wins
+    lost = MARKET.on_demand_nodes_per_zone + 1
+    result = run("spotrain", [MarketEvent(600.0, od, zone, lost=lost, notice_s=120.0),
+                              MarketEvent(1800.0, od, zone, gained=lost)])
+    assert result.completed
+    assert result.events["RendezvousMoved"] == 1 and not result.events["RendezvousLost"]
+    assert result.restarts["store_move"] == 1 and result.rolled_back_node_s == 0
+    assert not result.events["WorkerPreempted"]

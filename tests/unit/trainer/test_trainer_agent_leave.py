@@ -28,7 +28,7 @@ def _join_two(port: int) -> list[Any]:
             for _ in range(2)]
     assert all(h in HANDLERS.made for h in made)
     _rendezvous_all(made)
-    return [h.current for h in made]
+    return [h.current for h in made]  # type: ignore[attr-defined]
 
 
 def _rendezvous_all(made: list[Any]) -> None:
