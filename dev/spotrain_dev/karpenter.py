@@ -15,7 +15,6 @@ Started only by what needs it (the autoscaling tests' module fixture): the rest 
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from spotrain_dev import processes, testbin
 from spotrain_dev.cluster import REPO, DevCluster, _http_ok
 from spotrain_dev.processes import ManagedProcess
+from spotrain_dev.timestamps import rfc3339, utc_now
 
 KARPENTER_DIR = REPO / "dev" / "karpenter"
 INSTANCE_TYPES = KARPENTER_DIR / "instance-types.json"
@@ -95,7 +95,7 @@ class Karpenter:
             self.process = None
 
     def _mark_node_class_ready(self) -> None:
-        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = rfc3339(utc_now())
         condition = {"type": "Ready", "status": "True", "reason": "Ready", "message": "", "lastTransitionTime": now,
                      "observedGeneration": 1}
         self.cluster.kubectl("patch", "kwoknodeclass", NODE_CLASS_NAME, "--subresource=status", "--type=merge",
