@@ -132,3 +132,19 @@ def test_torn_or_foreign_status_file_is_tolerated(server: ControlHTTPServer) -> 
     assert body["phase"] == "starting"
     atomic_write_json(server.state.status_path, {"phase": "dancing"})
     assert http_json("GET", url(server, "/status"))[1]["phase"] == "starting"
+
+
+def test_post_rendezvous_records_the_newest_move(server: ControlHTTPServer) -> None:
+    move = {"id": "job-g2", "endpoint": "10.0.3.7:29400", "round": 2}
+    code, body = http_json("POST", url(server, "/rendezvous"), move)
+    assert (code, body) == (202, {"accepted": True, "id": "job-g2"})
+    assert read_json(server.state.rendezvous_path) == move
+    code, body = http_json("POST", url(server, "/rendezvous"), move)
+    assert code == 202 and body["duplicate"] is True
+    code, body = http_json("POST", url(server, "/rendezvous"), {**move, "id": "job-g1", "round": 1})
+    assert code == 409 and body["pending"] == "job-g2", "an older move does not undo a newer one"
+    for bad, field in (({**move, "endpoint": "10.0.3.7"}, "endpoint"), ({**move, "round": 0}, "round"),
+                       ({**move, "id": ""}, "id")):
+        code, body = http_json("POST", url(server, "/rendezvous"), bad)
+        assert code == 400 and body["error"].startswith(field), body
+    assert read_json(server.state.rendezvous_path) == move

@@ -63,6 +63,9 @@ def status_line(answer: bytes) -> int:
 @pytest.mark.parametrize("token", [None, "", "wrong", TOKEN[:-1], TOKEN + "x"])
 def test_checkpoint_and_status_need_the_token(secured: ControlHTTPServer, token: str | None) -> None:
     assert call(secured, "POST", "/checkpoint", {"id": "evil"}, token=token)[0] == 401
+    # nobody without the token points the agent at another store
+    assert call(secured, "POST", "/rendezvous", {"id": "evil", "endpoint": "10.6.6.6:29400", "round": 9},
+                token=token)[0] == 401
     assert call(secured, "GET", "/status", token=token)[0] == 401
     assert not secured.state.request_path.exists()
 
