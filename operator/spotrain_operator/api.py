@@ -159,6 +159,11 @@ class JobSpec:
                 return p
         raise KeyError(name)
 
+    def capacity_type(self, pool_name: str) -> str | None:
+        """``spot`` or ``on-demand`` for a pool of the spec; None for one it no longer has."""
+        pool = next((p for p in self.pools if p.name == pool_name), None)
+        return None if pool is None else ("spot" if pool.spot else "on-demand")
+
     @property
     def rendezvous_pool_name(self) -> str:
         """The pool that hosts the rendezvous: as asked, else the fallback pool, else the first on-demand pool,

@@ -271,7 +271,7 @@ async def _probe_trainers(rt: Runtime, key: tuple[str, str], status: JobStatus,
                           pods: list[PodView], token: str | None) -> dict[str, TrainerStatus | None]:
     """Control endpoints are read while a drain waits on its checkpoint or a store move on the workers re-joining,
     and otherwise now and then for the last checkpoint shown in status."""
-    draining = bool(status.drains or status.moving_from)
+    draining = status.awaiting_trainers
     due = time.monotonic() - rt.last_trainer_poll.get(key, 0.0) >= TRAINER_POLL_SECONDS
     if not (draining or due):
         return {}
@@ -402,6 +402,6 @@ def _export(observed: Observed, status: Mapping[str, Any]) -> None:
             pool, _, zone = pool_zone.partition("/")
             metrics.PREEMPTIONS.labels(namespace, name, pool, zone).inc(count - before)
     metrics.record_job(namespace, name, str(status.get("phase", "")), [
-        (w.pool, w.zone, "spot" if any(p.name == w.pool and p.spot for p in observed.spec.pools) else "on-demand")
+        (w.pool, w.zone, observed.spec.capacity_type(w.pool) or "on-demand")
         for w in observed.pods if w.role == "worker" and w.active and w.phase == "Running"
     ])

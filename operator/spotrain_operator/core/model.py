@@ -334,5 +334,11 @@ class JobStatus:
         }
         return {k: format_time(v) if isinstance(v, datetime.datetime) else v for k, v in body.items() if v is not None}
 
+    @property
+    def awaiting_trainers(self) -> bool:
+        """A drain waits on the workers' checkpoint, or a store move on the workers re-joining: no Kubernetes event
+        announces either, so the operator reads the control endpoints and polls closely."""
+        return bool(self.drains or self.moving_from)
+
     def with_(self, **changes: Any) -> JobStatus:
         return replace(self, **changes)
