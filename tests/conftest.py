@@ -4,7 +4,6 @@ test asks for it), and a fresh namespace per test."""
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ from kubernetes import client, config
 
 from spotrain_dev.cluster import DevCluster
 from spotrain_dev.nodes import NodeSimulator
-from spotrain_dev.testing import Harness
+from spotrain_dev.testing import Harness, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -42,10 +41,8 @@ def namespace(core: client.CoreV1Api, request: pytest.FixtureRequest) -> Iterato
     name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-") + "-" + uuid.uuid4().hex[:5]
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     # Pods are admitted only once the controller-manager has made the namespace's default ServiceAccount.
-    deadline = time.monotonic() + 60
-    while not core.list_namespaced_service_account(name, field_selector="metadata.name=default").items:
-        assert time.monotonic() < deadline, f"no default ServiceAccount in {name} after 60 s"
-        time.sleep(0.2)
+    wait_for(f"the default ServiceAccount in {name}", lambda: core.list_namespaced_service_account(
+        name, field_selector="metadata.name=default").items, timeout=60, interval=0.2)
     yield name
     core.delete_namespace(name)
 
