@@ -28,7 +28,7 @@ from typing import Any
 from spotrain_dev.testing import wait_for
 from spotrain_protocol import CheckpointRequest, WorkerEnv, envvars
 from spotrain_protocol.constants import CHECKPOINT_PATH, STATUS_FILE, STATUS_PATH
-from spotrain_trainer.processes import kill_tree, process_tree
+from spotrain_trainer.processes import kill_tree, proc_files, process_tree
 from spotrain_trainer.statefiles import read_json
 
 LOOPBACK = "127.0.0.1"
@@ -62,18 +62,7 @@ def port_open(host: str, port: int) -> bool:
 # ------------------------------------------------------------------------------------------------ processes
 def pids_with_token(token: str) -> list[int]:
     needle = f"{TOKEN_ENV}={token}".encode()
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read()
-        except OSError:
-            continue
-        if needle in env.split(b"\0"):
-            out.append(int(name))
-    return out
+    return [pid for pid, env in proc_files("environ") if pid != os.getpid() and needle in env.split(b"\0")]
 
 
 class ProcessSet:

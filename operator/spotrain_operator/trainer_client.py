@@ -14,6 +14,7 @@ import asyncio
 import datetime
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import aiohttp
 
@@ -75,43 +76,38 @@ class TrainerClient:
         results = await asyncio.gather(*(self.status(ip, token) for _, ip in pairs))
         return {name: result for (name, _), result in zip(pairs, results, strict=True)}
 
-    async def request_checkpoint(self, ip: str, request_id: str, reason: str, deadline: str,
-                                 token: str | None = None, issued_at: str | None = None) -> bool:
-        body = CheckpointRequest(id=request_id, reason=reason, deadline=deadline, issued_at=issued_at or _now())
+    async def _post(self, ip: str, path: str, body: dict[str, Any], token: str | None) -> bool:
+        """POSTs ``body`` to one pod's control endpoint; whether the pod accepted it."""
         try:
-            async with self._http().post(f"http://{ip}:{self.port}{CHECKPOINT_PATH}", json=body.to_json(),
+            async with self._http().post(f"http://{ip}:{self.port}{path}", json=body,
                                          headers=authorization(token)) as response:
                 self._note_refusal(ip, response.status)
                 return response.status in (200, 202)
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+    async def _post_to_all(self, pods: Iterable[tuple[str, str]], path: str, body: dict[str, Any],
+                           token: str | None) -> dict[str, bool]:
+        pairs = list(pods)
+        results = await asyncio.gather(*(self._post(ip, path, body, token) for _, ip in pairs))
+        return {name: ok for (name, _), ok in zip(pairs, results, strict=True)}
+
+    async def request_checkpoint(self, ip: str, request_id: str, reason: str, deadline: str,
+                                 token: str | None = None, issued_at: str | None = None) -> bool:
+        body = CheckpointRequest(id=request_id, reason=reason, deadline=deadline, issued_at=issued_at or _now())
+        return await self._post(ip, CHECKPOINT_PATH, body.to_json(), token)
 
     async def request_checkpoints(self, pods: Iterable[tuple[str, str]], request_id: str, reason: str,
                                   deadline: str, token: str | None = None) -> dict[str, bool]:
         """One request to every pod, all stamped with the same ``issued_at``: a worker keeps a pending request
         over any other issued earlier (spotrain_trainer.server)."""
-        pairs = list(pods)
-        issued_at = _now()
-        results = await asyncio.gather(*(self.request_checkpoint(ip, request_id, reason, deadline, token, issued_at)
-                                         for _, ip in pairs))
-        return {name: ok for (name, _), ok in zip(pairs, results, strict=True)}
-
-
-    async def _move_rendezvous(self, ip: str, move: RendezvousMove, token: str | None) -> bool:
-        try:
-            async with self._http().post(f"http://{ip}:{self.port}{RENDEZVOUS_PATH}", json=move.to_json(),
-                                         headers=authorization(token)) as response:
-                self._note_refusal(ip, response.status)
-                return response.status in (200, 202)
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+        body = CheckpointRequest(id=request_id, reason=reason, deadline=deadline, issued_at=_now())
+        return await self._post_to_all(pods, CHECKPOINT_PATH, body.to_json(), token)
 
     async def move_rendezvous(self, pods: Iterable[tuple[str, str]], move: RendezvousMove,
                               token: str | None = None) -> dict[str, bool]:
         """Tells every pod where the rendezvous store moved (their agents re-join there)."""
-        pairs = list(pods)
-        results = await asyncio.gather(*(self._move_rendezvous(ip, move, token) for _, ip in pairs))
-        return {name: ok for (name, _), ok in zip(pairs, results, strict=True)}
+        return await self._post_to_all(pods, RENDEZVOUS_PATH, move.to_json(), token)
 
 
 def _now() -> str:

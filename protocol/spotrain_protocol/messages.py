@@ -32,6 +32,14 @@ def parse_rfc3339(field: str, value: Any) -> datetime.datetime:
     return parsed
 
 
+def _decode(body: bytes) -> Any:
+    """A raw request body as JSON (an empty one is null); InvalidMessage when it is not JSON."""
+    try:
+        return json.loads(body or b"null")
+    except (ValueError, RecursionError) as exc:
+        raise InvalidMessage(f"body is not JSON: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class CheckpointRequest:
     """The body of ``POST /checkpoint``: take a coordinated checkpoint, by ``deadline`` if one is given.
@@ -73,11 +81,7 @@ class CheckpointRequest:
     @classmethod
     def from_body(cls, body: bytes) -> CheckpointRequest:
         """A raw request body (an empty one is JSON null); InvalidMessage for anything else than a request."""
-        try:
-            obj = json.loads(body or b"null")
-        except (ValueError, RecursionError) as exc:
-            raise InvalidMessage(f"body is not JSON: {exc}") from exc
-        return cls.from_json(obj)
+        return cls.from_json(_decode(body))
 
 
 @dataclass(frozen=True)
@@ -117,11 +121,7 @@ class RendezvousMove:
 
     @classmethod
     def from_body(cls, body: bytes) -> RendezvousMove:
-        try:
-            obj = json.loads(body or b"null")
-        except (ValueError, RecursionError) as exc:
-            raise InvalidMessage(f"body is not JSON: {exc}") from exc
-        return cls.from_json(obj)
+        return cls.from_json(_decode(body))
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from spotrain_dev.demo import DUMMY_KEYS, commits, object_exists, s3_client, trainer_status
+from spotrain_dev.demo import commits, object_exists, s3_client, trainer_status
 from spotrain_dev.podrunner import PodRunner, RunnerEvent
 from spotrain_dev.testing import ZONES, Harness, wait_for
 
@@ -42,13 +43,12 @@ def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 @pytest.mark.timeout(600)
 def test_spot_interruption_checkpoints_evicts_and_the_survivors_finish(
-        harness: Harness, s3_endpoint: str, podrunner: PodRunner, tmp_path: Path) -> None:
+        harness: Harness, s3_endpoint: str, tiny_job: Callable[..., dict[str, Any]], podrunner: PodRunner,
+        tmp_path: Path) -> None:
     spot = [harness.add_node("spot-cpu", zone) for zone in ZONES]
     stable = harness.add_node("on-demand", ZONES[0])
     harness.wait_nodes_ready([*spot, stable])
     s3 = s3_client(s3_endpoint)
-    s3.create_bucket(Bucket=BUCKET)
-    harness.core.create_namespaced_secret(harness.namespace, {"metadata": {"name": "s3"}, "stringData": DUMMY_KEYS})
 
     # When the runner learns that the doomed pod is being deleted, and before it sends SIGTERM, look at S3 and at
     # the doomed worker's control endpoint.
@@ -67,14 +67,9 @@ def test_spot_interruption_checkpoints_evicts_and_the_survivors_finish(
     hold = tmp_path / "hold"
     hold.touch()
     loss_log = tmp_path / "loss.jsonl"
-    manifest = harness.job_manifest(min_nodes=2, max_nodes=3)
-    del manifest["spec"]["fallback"]  # no spare capacity: the survivors finish at world size 2
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
-    container["args"] = ["examples/train_tiny.py", "--steps", str(STEPS), "--step-sleep", "0.25",
-                         "--hold-at-step", str(HOLD_AT), "--hold-file", str(hold), "--loss-log", str(loss_log)]
-    container["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
-    manifest["spec"]["checkpoint"] = {"uri": f"s3://{BUCKET}/job", "s3": {"endpointURL": s3_endpoint,
-                                                                          "credentialsSecret": "s3"}}
+    # No fallback pool, so no spare capacity: the survivors finish at world size 2.
+    manifest = tiny_job(BUCKET, ["--steps", str(STEPS), "--step-sleep", "0.25", "--hold-at-step", str(HOLD_AT),
+                                 "--hold-file", str(hold), "--loss-log", str(loss_log)], min_nodes=2, max_nodes=3)
     harness.start_operator()
     harness.create_job(manifest)
 

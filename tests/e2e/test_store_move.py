@@ -11,12 +11,12 @@ file exists and no notice is pending, so the notice arrives while both train in 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from spotrain_dev.demo import DUMMY_KEYS, s3_client
 from spotrain_dev.podrunner import PodRunner
 from spotrain_dev.testing import ZONES, Harness, wait_for
 from spotrain_operator import wellknown as wk
@@ -36,25 +36,17 @@ def _loss_log(path: Path) -> list[dict[str, Any]]:
 
 @pytest.mark.timeout(600)
 def test_a_notice_on_the_store_node_keeps_the_same_workers_and_loses_no_step(
-        harness: Harness, s3_endpoint: str, podrunner: PodRunner, tmp_path: Path) -> None:
+        harness: Harness, tiny_job: Callable[..., dict[str, Any]], podrunner: PodRunner, tmp_path: Path) -> None:
     spot = [harness.add_node("spot-cpu", zone) for zone in ZONES[:2]]
     stable = [harness.add_node("on-demand", zone) for zone in ZONES[:2]]
     harness.wait_nodes_ready([*spot, *stable])
-    s3_client(s3_endpoint).create_bucket(Bucket=BUCKET)
-    harness.core.create_namespaced_secret(harness.namespace, {"metadata": {"name": "s3"}, "stringData": DUMMY_KEYS})
-
     hold = tmp_path / "hold"
     hold.touch()
     loss_log = tmp_path / "loss.jsonl"
-    manifest = harness.job_manifest(min_nodes=2, max_nodes=2)
-    del manifest["spec"]["fallback"]
+    manifest = tiny_job(BUCKET, [
+        "--steps", str(STEPS), "--step-sleep", "0.25", "--hold-at-step", str(HOLD_AT), "--hold-file", str(hold),
+        "--loss-log", str(loss_log)], min_nodes=2, max_nodes=2)
     manifest["spec"]["rendezvous"] = {"pool": "on-demand"}
-    container = manifest["spec"]["template"]["spec"]["containers"][0]
-    container["args"] = ["examples/train_tiny.py", "--steps", str(STEPS), "--step-sleep", "0.25",
-                         "--hold-at-step", str(HOLD_AT), "--hold-file", str(hold), "--loss-log", str(loss_log)]
-    container["resources"] = {"requests": {"cpu": "1", "memory": "1Gi"}}
-    manifest["spec"]["checkpoint"] = {"uri": f"s3://{BUCKET}/job", "s3": {"endpointURL": s3_endpoint,
-                                                                          "credentialsSecret": "s3"}}
     harness.start_operator()
     harness.create_job(manifest)
 

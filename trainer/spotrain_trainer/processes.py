@@ -8,23 +8,29 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Iterator
+
+
+def proc_files(name: str) -> Iterator[tuple[int, bytes]]:
+    """(pid, content of /proc/<pid>/<name>) for every visible process whose file can be read."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/{name}", "rb") as f:
+                yield int(entry), f.read()
+        except OSError:
+            continue
 
 
 def _ppid_map() -> dict[int, int]:
     """Every visible pid -> its parent pid."""
     out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
+    for pid, data in proc_files("stat"):
         # pid (comm) state ppid ...; comm may contain spaces and parentheses
         rest = data[data.rfind(b")") + 2 :].split()
         if len(rest) >= 2:
-            out[int(name)] = int(rest[1])
+            out[pid] = int(rest[1])
     return out
 
 
