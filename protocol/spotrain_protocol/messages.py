@@ -32,6 +32,14 @@ def parse_rfc3339(field: str, value: Any) -> datetime.datetime:
     return parsed
 
 
+def _message_id(obj: Mapping[str, Any]) -> str:
+    """The ``id`` every message carries: a non-empty string of at most MAX_REQUEST_ID characters."""
+    rid = obj.get("id")
+    if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_REQUEST_ID:
+        raise InvalidMessage(f"id must be a non-empty string (at most {MAX_REQUEST_ID} characters)")
+    return rid
+
+
 def _decode(body: bytes) -> Any:
     """A raw request body as JSON (an empty one is null); InvalidMessage when it is not JSON."""
     try:
@@ -64,9 +72,7 @@ class CheckpointRequest:
         ``DEFAULT_REASON``."""
         if not isinstance(obj, Mapping):
             raise InvalidMessage("body must be a JSON object")
-        rid = obj.get("id")
-        if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_REQUEST_ID:
-            raise InvalidMessage(f"id must be a non-empty string (at most {MAX_REQUEST_ID} characters)")
+        rid = _message_id(obj)
         reason = obj.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise InvalidMessage("reason must be a string")
@@ -105,9 +111,7 @@ class RendezvousMove:
         """A decoded body, checked; InvalidMessage names the field at fault."""
         if not isinstance(obj, Mapping):
             raise InvalidMessage("body must be a JSON object")
-        rid = obj.get("id")
-        if not isinstance(rid, str) or not rid.strip() or len(rid) > MAX_REQUEST_ID:
-            raise InvalidMessage(f"id must be a non-empty string (at most {MAX_REQUEST_ID} characters)")
+        rid = _message_id(obj)
         endpoint = obj.get("endpoint")
         if not isinstance(endpoint, str) or len(endpoint) > 512:
             raise InvalidMessage("endpoint must be a host:port string")

@@ -21,6 +21,7 @@ import pytest
 from spotrain_dev.demo import commits, object_exists, s3_client, trainer_status
 from spotrain_dev.podrunner import PodRunner, RunnerEvent
 from spotrain_dev.testing import ZONES, Harness, wait_for
+from spotrain_dev.trainer_harness import read_jsonl
 
 pytestmark = pytest.mark.cluster
 
@@ -29,12 +30,6 @@ STEPS = 40
 HOLD_AT = 12
 # The interrupted node runs rank 0: the agent there is the one that coordinates torchrun's next rendezvous round.
 DOOMED_RANK = 0
-
-
-def _loss_log(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -75,7 +70,7 @@ def test_spot_interruption_checkpoints_evicts_and_the_survivors_finish(
 
     # Three workers train and wait at the hold, all in one world of three.
     wait_for("the workers held at step HOLD_AT in a world of 3", lambda: any(
-        e.get("event") == "hold" and e["world_size"] == 3 for e in _loss_log(loss_log)), timeout=300)
+        e.get("event") == "hold" and e["world_size"] == 3 for e in read_jsonl(loss_log)), timeout=300)
     workers = harness.running_workers()
     assert len(workers) == 3
 
@@ -120,7 +115,7 @@ def test_spot_interruption_checkpoints_evicts_and_the_survivors_finish(
     assert _condition(status, "Succeeded")["reason"] == "TrainerCompleted"
     assert status["lastCheckpoint"]["step"] == STEPS, "the final checkpoint is in the job's status"
 
-    log = _loss_log(loss_log)
+    log = read_jsonl(loss_log)
     starts = [e for e in log if e.get("event") == "start"]
     resumed = [e for e in starts if e["world_size"] == 2 and e["step"] >= marker["step"]]
     assert resumed, f"no restart at world size 2 from the notice checkpoint (step {marker['step']}): {starts}"

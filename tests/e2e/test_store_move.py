@@ -10,7 +10,6 @@ file exists and no notice is pending, so the notice arrives while both train in 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 
 from spotrain_dev.podrunner import PodRunner
 from spotrain_dev.testing import ZONES, Harness, wait_for
+from spotrain_dev.trainer_harness import read_jsonl
 from spotrain_operator import wellknown as wk
 
 pytestmark = pytest.mark.cluster
@@ -26,12 +26,6 @@ pytestmark = pytest.mark.cluster
 BUCKET = "spotrain-store-move"
 STEPS = 30
 HOLD_AT = 8
-
-
-def _loss_log(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.timeout(600)
@@ -51,7 +45,7 @@ def test_a_notice_on_the_store_node_keeps_the_same_workers_and_loses_no_step(
     harness.create_job(manifest)
 
     wait_for("the workers held at step HOLD_AT in a world of 2", lambda: any(
-        e.get("event") == "hold" and e["world_size"] == 2 for e in _loss_log(loss_log)), timeout=300)
+        e.get("event") == "hold" and e["world_size"] == 2 for e in read_jsonl(loss_log)), timeout=300)
     workers = {p.metadata.name: p.metadata.uid for p in harness.running_workers()}
     assert len(workers) == 2
     (old_store,) = harness.pods("rendezvous")
@@ -76,7 +70,7 @@ def test_a_notice_on_the_store_node_keeps_the_same_workers_and_loses_no_step(
     assert {p.metadata.name for p in harness.pods()} == set(workers), "no worker pod was replaced"
     assert harness.events("RendezvousMoved") and not harness.events("RendezvousLost")
 
-    log = _loss_log(loss_log)
+    log = read_jsonl(loss_log)
     steps = [e["step"] for e in log if "loss" in e]
     assert sorted(steps) == list(range(STEPS)), f"a step was lost, skipped or run twice: {steps}"
     starts = [e for e in log if e.get("event") == "start"]

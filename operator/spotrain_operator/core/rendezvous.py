@@ -57,8 +57,9 @@ class Rounds(PassState):
             old_round_running = any(w.round == p.round and (w.active or w.deleting) for w in self.workers())
             if formed or not old_round_running or not self._node_ok(p):
                 self.remove(p, "old rendezvous round", grace=0)
+        rejoining = {w.name for w in self.rejoining_workers()}
         for w in self.workers():
-            if w.round != self.round and w.active and w not in self.rejoining_workers():
+            if w.round != self.round and w.active and w.name not in rejoining:
                 # An agent cannot join a store it has never seen: old-round workers restart in the new round.
                 self.remove(w, f"rendezvous round {self.round} started")
 
